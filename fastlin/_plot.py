@@ -1,0 +1,48 @@
+"""matplotlib helpers (optional extra ``plot``); imported only when a plot is asked for."""
+
+from __future__ import annotations
+
+
+def pyplot():
+    """Import matplotlib.pyplot, or say how to install it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'fastlin[plot]'") from None
+    if not _has_display():
+        matplotlib.use("Agg")  # headless machine: render to files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _has_display():
+    import os
+    import sys
+
+    return sys.platform in {"win32", "darwin"} or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def finish(fig, ax, path):
+    """Save the figure when a path is given."""
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return ax
+
+
+def plot_loss(loss, *, ax=None, log=False, path=None, title=None):
+    plt = pyplot()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+    else:
+        fig = ax.figure
+    steps = range(1, len(loss) + 1)
+    ax.plot(steps, loss, lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if log:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    return finish(fig, ax, path)

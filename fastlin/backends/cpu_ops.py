@@ -1,0 +1,185 @@
+"""The CPU backend: allocates outputs and scratch, picks a kernel, calls it.
+
+:class:`fastlin.Linear` talks to a backend only through the functions in this
+module; :mod:`fastlin.backends.cuda_ops` provides the same functions for GPUs.
+Arguments arrive validated (right shapes, C-contiguous, the model's dtype).
+``ws`` is a dict owned by the caller that caches the scratch buffer, so a
+step on a fixed shape allocates nothing after the first call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validate import as_host_array
+from . import cpu
+
+name = "cpu"
+
+# Work splitting for row reductions.  A chunk is worth a thread hand-off only
+# above ~32k multiply-adds; 64 chunks keep up to 64 threads busy; and the
+# partial gradients (one O·D float64 block per chunk) are capped at 64 MiB.
+MAX_CHUNKS = 64
+MIN_CHUNK_WORK = 1 << 15
+SCRATCH_BYTES = 64 << 20
+# forward() runs its rows in parallel above this many multiply-adds.
+PARALLEL_FORWARD_WORK = 1 << 16
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def plan_chunks(n_rows, n_out, n_in):
+    """Rows per chunk for a reduction over ``n_rows`` rows.
+
+    Depends on the shape only (never on the thread count), which is what makes
+    results bit-identical for any number of threads.  Returns
+    ``(chunk_rows, n_chunks)``.
+    """
+    per_row = n_out * n_in + n_out
+    rows = max(_cdiv(n_rows, MAX_CHUNKS), _cdiv(MIN_CHUNK_WORK, per_row))
+    by_memory = max(1, SCRATCH_BYTES // (8 * (per_row + 1)))
+    rows = max(rows, _cdiv(n_rows, by_memory))
+    rows = max(1, min(rows, n_rows))
+    return rows, _cdiv(n_rows, rows)
+
+
+def _work(ws, n_out, n_in, n_chunks):
+    size = cpu.work_size(n_out, n_in, n_chunks)
+    work = ws.get(size)
+    if work is None:
+        work = ws[size] = np.empty(size, dtype=np.float64)
+    return work
+
+
+# --------------------------------------------------------------------------
+# arrays
+# --------------------------------------------------------------------------
+def as_input(a, name, dtype):
+    """User data -> C-contiguous numpy array of ``dtype``."""
+    return as_host_array(a, name, dtype)
+
+
+def from_host(a):
+    """A host array -> this backend's array (a private copy)."""
+    return np.array(a, copy=True, order="C")
+
+
+def to_host(a):
+    """This backend's array -> a numpy array (a copy)."""
+    return np.array(a, copy=True)
+
+
+def empty(shape, dtype):
+    return np.empty(shape, dtype=dtype)
+
+
+def zeros(shape, dtype):
+    return np.zeros(shape, dtype=dtype)
+
+
+def copy_into(dst, src):
+    dst[...] = src
+
+
+def all_finite(a):
+    return bool(cpu.all_finite(a.reshape(-1)))
+
+
+# --------------------------------------------------------------------------
+# operations
+# --------------------------------------------------------------------------
+def forward(W, b, has_bias, X):
+    n_rows, n_in = X.shape
+    Y = np.empty((n_rows, W.shape[0]), dtype=W.dtype)
+    kernel = cpu.forward_parallel if n_rows * n_in * W.shape[0] > PARALLEL_FORWARD_WORK else cpu.forward
+    kernel(X, W, b, has_bias, Y)
+    return Y
+
+
+def sse(P, T):
+    """Sum of squared differences of two (N, O) arrays, as a float."""
+    chunk_rows, n_chunks = plan_chunks(P.shape[0], P.shape[1], 1)
+    partial = np.empty(n_chunks, dtype=np.float64)
+    kernel = cpu.sse_parallel if n_chunks > 1 else cpu.sse
+    return float(kernel(P, T, chunk_rows, partial))
+
+
+def model_sse(W, b, has_bias, X, T):
+    """``Σ (X·Wᵀ + b − T)²`` without materialising the prediction."""
+    chunk_rows, n_chunks = plan_chunks(X.shape[0], W.shape[0], W.shape[1])
+    partial = np.empty(n_chunks, dtype=np.float64)
+    kernel = cpu.model_sse_parallel if n_chunks > 1 else cpu.model_sse
+    return float(kernel(X, T, W, b, has_bias, chunk_rows, partial))
+
+
+def mse_grad(W, b, has_bias, X, T, scale, ws, dtype=None):
+    """Returns ``(Σ r², scale·Σ rᵀX, scale·Σ r)`` with ``r = X·Wᵀ + b − T``.
+
+    Sums are float64; the gradients come back in ``dtype`` (default: the
+    parameters' dtype).
+    """
+    n_out, n_in = W.shape
+    chunk_rows, n_chunks = plan_chunks(X.shape[0], n_out, n_in)
+    work = _work(ws, n_out, n_in, n_chunks)
+    dW = np.empty((n_out, n_in), dtype=np.float64)
+    db = np.empty(n_out, dtype=np.float64)
+    kernel = cpu.mse_grad_parallel if n_chunks > 1 else cpu.mse_grad
+    loss = kernel(X, T, W, b, has_bias, chunk_rows, work, dW, db)
+    dtype = W.dtype if dtype is None else dtype
+    return float(loss), (scale * dW).astype(dtype, copy=False), (scale * db).astype(dtype, copy=False)
+
+
+def backward(W, X, dY, ws):
+    """Returns ``(dX, dW, db)`` in the parameters' dtype (float64 sums inside)."""
+    n_out, n_in = W.shape
+    chunk_rows, n_chunks = plan_chunks(X.shape[0], n_out, n_in)
+    work = _work(ws, n_out, n_in, n_chunks)
+    dX = np.empty(X.shape, dtype=W.dtype)
+    dW = np.empty((n_out, n_in), dtype=np.float64)
+    db = np.empty(n_out, dtype=np.float64)
+    kernel = cpu.backward_parallel if n_chunks > 1 else cpu.backward
+    kernel(X, dY, W, chunk_rows, work, dX, dW, db)
+    return dX, dW.astype(W.dtype), db.astype(W.dtype)
+
+
+def fused_step(W, b, has_bias, bufW, bufb, hp, state, X, T, ws):
+    """One full-batch SGD step in place.  Returns ``(loss, status)``."""
+    n_out, n_in = W.shape
+    chunk_rows, n_chunks = plan_chunks(X.shape[0], n_out, n_in)
+    work = _work(ws, n_out, n_in, n_chunks)
+    kernel = cpu.fused_step_parallel if n_chunks > 1 else cpu.fused_step
+    loss, status = kernel(X, T, W, b, has_bias, bufW, bufb, hp, state, chunk_rows, work)
+    return float(loss), int(status)
+
+
+def sgd_update(W, b, has_bias, bufW, bufb, hp, flags, gW, gb, scale):
+    """SGD update from a given gradient ``scale·(gW, gb)`` (float64 arrays).  Returns a status."""
+    return int(cpu.apply_update(W, b, has_bias, gW, gb, scale, bufW, bufb, hp, flags))
+
+
+class FitPlan:
+    """What a fit keeps between its segments: batch size, shuffle order, scratch."""
+
+    def __init__(self, n_rows, n_out, n_in, batch_size, shuffle, seed):
+        self.batch_size = n_rows if batch_size is None else min(batch_size, n_rows)
+        # Shuffling a full batch changes nothing but the rounding order.
+        self.shuffle = bool(shuffle) and self.batch_size < n_rows
+        self.seed = np.uint64(seed % (1 << 64))
+        self.perm = np.empty(n_rows if self.shuffle else 0, dtype=np.int64)
+        self.chunk_rows, n_chunks = plan_chunks(self.batch_size, n_out, n_in)
+        self.work = np.empty(cpu.work_size(n_out, n_in, n_chunks), dtype=np.float64)
+        self.kernel = cpu.fit_steps_parallel if n_chunks > 1 else cpu.fit_steps
+
+
+def fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed):
+    return FitPlan(n_rows, n_out, n_in, batch_size, shuffle, seed)
+
+
+def fit_steps(W, b, has_bias, bufW, bufb, hp, state, X, T, plan, losses):
+    """Run ``len(losses)`` steps, writing each loss.  Returns ``(steps done, status)``."""
+    done, status = plan.kernel(
+        X, T, W, b, has_bias, bufW, bufb, hp, state,
+        plan.perm, plan.batch_size, plan.shuffle, plan.seed, plan.chunk_rows, plan.work, losses,
+    )
+    return int(done), int(status)

@@ -1,0 +1,57 @@
+"""What a fit returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class History:
+    """The record of a :meth:`fastlin.Linear.fit` call.
+
+    Attributes
+    ----------
+    loss : ndarray of float64, shape (steps,)
+        The loss of every step, measured on that step's batch *before* its
+        update, reduced as the fit's ``reduction`` says.
+    seconds : float
+        Wall-clock time of the training loop (validation excluded).
+    seed : int or None
+        The shuffle seed used (drawn at random when the fit was given none),
+        so a shuffled fit can be repeated exactly.
+    """
+
+    loss: np.ndarray
+    seconds: float
+    seed: int | None = None
+    stopped_early: bool = field(default=False)
+
+    def __len__(self):
+        return len(self.loss)
+
+    @property
+    def steps(self):
+        """Number of steps taken."""
+        return len(self.loss)
+
+    def plot(self, *, ax=None, log=False, path=None, title="training loss"):
+        """Draw the loss curve with matplotlib (``pip install 'fastlin[plot]'``).
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Where to draw; a new figure is made when omitted.
+        log : bool
+            Use a logarithmic loss axis.
+        path : str or path-like, optional
+            Also save the figure there (PNG, SVG, ... by extension).
+
+        Returns
+        -------
+        The matplotlib Axes.
+        """
+        from ._plot import plot_loss
+
+        return plot_loss(self.loss, ax=ax, log=log, path=path, title=title)

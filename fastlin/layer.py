@@ -1,0 +1,517 @@
+"""The dense layer ``Y = X·Wᵀ + b`` and its training loop.  No kernels here.
+
+Every public method follows one path: validate all arguments (raising before
+anything changes), hand clean arrays to the backend chosen at construction,
+and translate the backend's status codes into exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _dispatch, _validate
+from . import init as _init
+from ._errors import DivergenceError
+from ._progress import progress as _progress
+from .backends.abi import NONFINITE_LOSS, OK, ST_EPOCH
+from .history import History
+from .optim import SGD
+
+logger = logging.getLogger("fastlin")
+
+DEFAULT_STEPS = 100  # the seed post's loop length
+DEFAULT_LR = 0.01
+# A fit runs in one compiled call when its work is below this many
+# multiply-adds (well under a second); longer fits run in segments of about
+# SEGMENT_SECONDS so that logging, progress and Ctrl-C stay responsive.
+ONE_CALL_WORK = 1 << 27
+SEGMENT_SECONDS = 0.1
+
+
+class Gradients(NamedTuple):
+    """Result of :meth:`Linear.gradients`: the loss and dL/dW, dL/db (None without bias)."""
+
+    loss: float
+    weight: object
+    bias: object
+
+
+class Linear:
+    """A dense layer ``Y = X·Wᵀ + b`` trained by minimising mean squared error.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Sizes of each input sample and each output sample (both >= 1).
+    bias : bool, default True
+        Learn an additive bias ``b``.
+    init : str or callable, default "torch"
+        Initialiser name from :mod:`fastlin.init` (``"uniform01"`` is the seed
+        post's ``rand``; ``"kaiming_*"``, ``"glorot_*"``, ``"torch"``,
+        ``"zeros"``) or a callable ``(rng, out, in) -> (W, b)``.
+    dtype : float32 or float64, default float32
+        Dtype of the parameters; inputs are cast to it.
+    device : {"cpu", "cuda", "auto"}, default "cpu"
+        Where parameters live and kernels run.  ``"cuda"`` raises
+        :class:`fastlin.DeviceError` when no GPU is usable.
+    seed : int or numpy.random.Generator, optional
+        Seeds the initialiser.
+
+    Attributes
+    ----------
+    weight : array, shape (out_features, in_features)
+    bias : array, shape (out_features,), or None
+        numpy arrays on the CPU (numba device arrays on CUDA).  They are the
+        live parameters: training updates them in place.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, *, init="torch", dtype=np.float32, device="cpu", seed=None):
+        in_features = _validate.check_features(in_features, "in_features")
+        out_features = _validate.check_features(out_features, "out_features")
+        bias = _validate.check_bool(bias, "bias")
+        dtype = _validate.float_dtype(dtype)
+        initializer = _init.get(init)
+        seed = _validate.check_seed(seed)
+        device = _dispatch.resolve(device, n_params=out_features * (in_features + 1))
+
+        W, b = initializer(np.random.default_rng(seed), out_features, in_features)
+        W = np.asarray(W, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64)
+        if W.shape != (out_features, in_features) or b.shape != (out_features,):
+            raise ValueError(
+                f"init {init!r} returned shapes {W.shape} and {b.shape}; "
+                f"expected ({out_features}, {in_features}) and ({out_features},)"
+            )
+        self._install(device, W.astype(dtype), b.astype(dtype) if bias else None)
+
+    @classmethod
+    def from_weights(cls, weight, bias=None, *, device="cpu"):
+        """Build a layer from existing parameters (copied).
+
+        ``weight`` (out, in) sets the dtype: float32 stays float32, float64
+        and everything else numeric becomes float64.  ``bias`` (out,) is
+        optional; without it the layer has no bias.
+        """
+        weight = _host_param(weight, "weight", None)
+        if weight.ndim != 2 or weight.size == 0:
+            raise ValueError(f"weight must be a non-empty 2-D array (out_features, in_features), got shape {weight.shape}")
+        if bias is not None:
+            bias = _host_param(bias, "bias", weight.dtype)
+            if bias.shape != (weight.shape[0],):
+                raise ValueError(f"bias must have shape ({weight.shape[0]},) to match weight {weight.shape}, got {bias.shape}")
+        device = _dispatch.resolve(device, n_params=weight.size)
+        model = cls.__new__(cls)
+        model._install(device, weight, bias)
+        return model
+
+    def _install(self, device, W, b):
+        """Place host parameters on ``device`` (the only place state is set)."""
+        ops = _dispatch.backend(device)
+        self._ops = ops
+        self.device = device
+        self.out_features, self.in_features = W.shape
+        self.dtype = W.dtype
+        self._W = ops.from_host(W)
+        self._b = None if b is None else ops.from_host(b)
+        # Kernels always take a bias vector; a layer without bias passes zeros.
+        self._bvec = self._b if b is not None else ops.zeros((W.shape[0],), W.dtype)
+        self._ws = {}
+
+    # ------------------------------------------------------------------
+    # parameters
+    # ------------------------------------------------------------------
+    @property
+    def weight(self):
+        """The weight, shape (out_features, in_features)."""
+        return self._W
+
+    @weight.setter
+    def weight(self, value):
+        value = _host_param(value, "weight", self.dtype)
+        if value.shape != self._W.shape:
+            raise ValueError(f"weight must have shape {self._W.shape}, got {value.shape}")
+        self._ops.copy_into(self._W, value)
+
+    @property
+    def bias(self):
+        """The bias, shape (out_features,), or None for a layer without bias."""
+        return self._b
+
+    @bias.setter
+    def bias(self, value):
+        if self._b is None:
+            raise AttributeError("this layer was built with bias=False")
+        value = _host_param(value, "bias", self.dtype)
+        if value.shape != self._b.shape:
+            raise ValueError(f"bias must have shape {self._b.shape}, got {value.shape}")
+        self._ops.copy_into(self._b, value)
+
+    @property
+    def has_bias(self):
+        return self._b is not None
+
+    def numpy(self):
+        """Host copies ``(weight, bias)`` (bias is None without bias)."""
+        return self._ops.to_host(self._W), None if self._b is None else self._ops.to_host(self._b)
+
+    def to(self, device):
+        """Move the parameters to ``device`` ("cpu", "cuda" or "auto"); returns self."""
+        device = _dispatch.resolve(device, n_params=self.out_features * (self.in_features + 1))
+        if device != self.device:
+            self._install(device, *self.numpy())
+        return self
+
+    def copy(self):
+        """An independent copy of the layer, on the same device."""
+        W, b = self.numpy()
+        return Linear.from_weights(W, b, device=self.device)
+
+    def save(self, path):
+        """Write the layer to ``path`` as a .npz file, atomically."""
+        from ._io import save
+
+        save(self, path)
+
+    def __repr__(self):
+        return (
+            f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.has_bias}, dtype={self.dtype.name}, device={self.device!r})"
+        )
+
+    # ------------------------------------------------------------------
+    # input handling
+    # ------------------------------------------------------------------
+    def _inputs(self, X):
+        """X -> (2-D backend array, n_rows, single_sample)."""
+        X = self._ops.as_input(X, "X", self.dtype)
+        n_rows, single = _validate.check_input_shape(X.shape, self.in_features)
+        if single:
+            X = X.reshape(1, self.in_features)
+        return X, n_rows, single
+
+    def _targets(self, T, n_rows, single, name="T"):
+        T = self._ops.as_input(T, name, self.dtype)
+        shape = _validate.target_shape(T.shape, n_rows, single, self.out_features, name)
+        return T.reshape(shape)
+
+    def _check_data(self, X, T):
+        """Raise ValueError if X or T holds NaN/Inf (only called after a
+        kernel reported a non-finite result, so the happy path pays nothing)."""
+        for name, a in (("X", X), ("T", T)):
+            if a is not None and not self._ops.all_finite(a):
+                raise ValueError(_validate.nonfinite_message(name))
+
+    # ------------------------------------------------------------------
+    # forward, loss, gradients
+    # ------------------------------------------------------------------
+    def forward(self, X, *, check_finite=True):
+        """``X·Wᵀ + b``.  X (in,) gives (out,); X (N, in) gives (N, out)."""
+        X, _, single = self._inputs(X)
+        Y = self._ops.forward(self._W, self._bvec, self.has_bias, X)
+        if check_finite and not self._ops.all_finite(Y):
+            self._check_data(X, None)
+        return Y[0] if single else Y
+
+    __call__ = forward
+
+    def loss(self, X, T, *, reduction="mean", check_finite=True):
+        """MSE of the layer's prediction for X against T, without storing it."""
+        reduction_sum = _validate.check_reduction(reduction)
+        X, n_rows, single = self._inputs(X)
+        T = self._targets(T, n_rows, single)
+        sse = self._ops.model_sse(self._W, self._bvec, self.has_bias, X, T)
+        if check_finite and not math.isfinite(sse):
+            self._check_data(X, T)
+        return sse if reduction_sum else sse / (n_rows * self.out_features)
+
+    def gradients(self, X, T, *, reduction="mean", check_finite=True):
+        """Analytic gradient of the MSE loss; changes nothing.
+
+        With ``R = X·Wᵀ + b − T`` and ``c = 2/(N·O)`` ("mean") or ``2``
+        ("sum")::
+
+            dW = c · Rᵀ·X      db = c · Σ_rows R
+
+        Returns a :class:`Gradients` ``(loss, weight, bias)``.
+        """
+        reduction_sum = _validate.check_reduction(reduction)
+        X, n_rows, single = self._inputs(X)
+        T = self._targets(T, n_rows, single)
+        scale = 2.0 if reduction_sum else 2.0 / (n_rows * self.out_features)
+        sse, dW, db = self._ops.mse_grad(self._W, self._bvec, self.has_bias, X, T, scale, self._ws)
+        if check_finite and not math.isfinite(sse):
+            self._check_data(X, T)
+        loss = sse if reduction_sum else sse / (n_rows * self.out_features)
+        return Gradients(loss, dW, db if self.has_bias else None)
+
+    def backward(self, X, dY):
+        """Back-propagate an upstream gradient ``dY = dL/dY`` through the layer.
+
+        Returns ``(dX, dW, db)`` with ``dX = dY·W``, ``dW = dYᵀ·X`` and
+        ``db = Σ_rows dY`` (None without bias).  Shapes follow X: one sample
+        (in,) with dY (out,), or a batch (N, in) with dY (N, out).
+        """
+        X, n_rows, single = self._inputs(X)
+        dY = self._targets(dY, n_rows, single, name="dY")
+        dX, dW, db = self._ops.backward(self._W, X, dY, self._ws)
+        return (dX[0] if single else dX), dW, (db if self.has_bias else None)
+
+    # ------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------
+    def step(self, X, T, opt, *, reduction="mean", check_finite=True):
+        """One SGD step on the whole of (X, T): forward, loss, gradient and
+        update, fused so that X is read once.
+
+        Returns the loss measured before the update.  On NaN/Inf the weights
+        are left untouched and ValueError (bad data) or
+        :class:`fastlin.DivergenceError` is raised.
+        """
+        if not isinstance(opt, SGD):
+            raise TypeError(f"opt must be a fastlin.SGD, got {type(opt).__name__}")
+        reduction_sum = _validate.check_reduction(reduction)
+        X, n_rows, single = self._inputs(X)
+        T = self._targets(T, n_rows, single)
+        st = opt.state_for(self, self._ops)
+        hp = opt.hyper(reduction_sum, self.dtype)
+        loss, status = self._ops.fused_step(self._W, self._bvec, self.has_bias, st.weight, st.bias, hp, st.flags, X, T, self._ws)
+        if status != OK:
+            if check_finite:
+                self._check_data(X, T)
+            raise _divergence(status, loss, 1, opt, None)
+        return loss
+
+    def fit(
+        self,
+        X,
+        T,
+        *,
+        steps=None,
+        epochs=None,
+        opt=None,
+        lr=None,
+        batch_size=None,
+        shuffle=True,
+        seed=None,
+        reduction="mean",
+        log_every=0,
+        callback=None,
+        progress=False,
+        check_finite=True,
+    ):
+        """Train by SGD; the loop runs inside compiled code.
+
+        Parameters
+        ----------
+        X : array-like, (N, in) or (in,)
+        T : array-like, (N, out), (N,) when out == 1, or (out,)
+        steps : int, optional
+            Number of SGD updates.  Give ``steps`` or ``epochs``; with
+            neither, 100 steps (the seed post's loop).
+        epochs : int, optional
+            Passes over the data (``ceil(N / batch_size)`` steps each).
+        opt : SGD, optional
+            The optimiser (its momentum state carries over between calls).
+        lr : float, optional
+            Shorthand for ``opt=SGD(lr)``; default 0.01 when neither is given.
+        batch_size : int, optional
+            Rows per mini-batch; None (default) trains on the full batch.
+        shuffle : bool, default True
+            Visit mini-batches in a fresh random order each epoch.
+        seed : int, optional
+            Seed of the shuffle; drawn at random (and kept in
+            ``History.seed``) when omitted.
+        reduction : {"mean", "sum"}
+        log_every : int, default 0
+            Log the loss through the ``"fastlin"`` logger every this many
+            steps (0: never).
+        callback : callable, optional
+            ``callback(step, loss)`` after every step (1-based); return True
+            to stop early.  It makes every step a separate compiled call.
+        progress : bool, default False
+            Show a progress bar (tqdm when installed).
+        check_finite : bool, default True
+            On a NaN/Inf loss, scan X and T to report bad data as ValueError
+            (the weights are then restored to their values before the fit).
+
+        Returns
+        -------
+        History
+            ``.loss`` (one entry per step), ``.seconds``, ``.seed``.
+
+        Raises
+        ------
+        DivergenceError
+            The loss or weights became NaN/Inf; the weights of the last
+            finite step are kept and ``err.history`` holds the steps done.
+        """
+        reduction_sum = _validate.check_reduction(reduction)
+        X, n_rows, single = self._inputs(X)
+        T = self._targets(T, n_rows, single)
+        steps = _validate.check_int(steps, "steps", 0, allow_none=True)
+        epochs = _validate.check_int(epochs, "epochs", 0, allow_none=True)
+        if steps is not None and epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        batch_size = _validate.check_int(batch_size, "batch_size", 1, allow_none=True)
+        shuffle = _validate.check_bool(shuffle, "shuffle")
+        seed = _validate.check_seed(seed)
+        log_every = _validate.check_int(log_every, "log_every", 0)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        progress = _validate.check_bool(progress, "progress")
+        check_finite = _validate.check_bool(check_finite, "check_finite")
+        if opt is None:
+            opt = SGD(DEFAULT_LR if lr is None else lr)
+        elif lr is not None:
+            raise ValueError("give lr or opt, not both (the optimiser carries its own lr)")
+        elif not isinstance(opt, SGD):
+            raise TypeError(f"opt must be a fastlin.SGD, got {type(opt).__name__}")
+
+        batch = n_rows if batch_size is None else min(batch_size, n_rows)
+        if steps is None:
+            steps = DEFAULT_STEPS if epochs is None else epochs * -(-n_rows // batch)
+        if seed is None or isinstance(seed, np.random.Generator):
+            seed = int(np.random.default_rng(seed).integers(1 << 63))
+        return _Fit(self, opt, X, T, reduction_sum, batch, shuffle, seed, check_finite).run(steps, log_every, callback, progress)
+
+
+class _Fit:
+    """One call of ``Linear.fit``: runs the compiled loop in segments and
+    turns status codes into exceptions."""
+
+    def __init__(self, model, opt, X, T, reduction_sum, batch, shuffle, seed, check_finite):
+        ops = model._ops
+        self.model, self.opt, self.ops = model, opt, ops
+        self.X, self.T = X, T
+        self.seed = seed
+        self.check_finite = check_finite
+        self.state = opt.state_for(model, ops)
+        self.hp = opt.hyper(reduction_sum, model.dtype)
+        self.plan = ops.fit_plan(X.shape[0], model.out_features, model.in_features, batch, shuffle, seed)
+        self.work_per_step = batch * model.out_features * model.in_features
+
+    def _snapshot(self):
+        ops, m, st = self.ops, self.model, self.state
+        return [(dst, ops.to_host(dst)) for dst in (m._W, m._bvec, st.weight, st.bias)], st.flags.copy()
+
+    def _restore(self, snapshot):
+        arrays, flags = snapshot
+        for dst, saved in arrays:
+            self.ops.copy_into(dst, saved)
+        self.state.flags[:] = flags
+
+    def _segment(self, done, total, seconds_per_step, hooks):
+        """How many steps the next compiled call runs."""
+        left = total - done
+        if not hooks and left * self.work_per_step <= ONE_CALL_WORK:
+            return left
+        if seconds_per_step is None:
+            return 1  # measure one step first
+        return max(1, min(left, int(SEGMENT_SECONDS / max(seconds_per_step, 1e-9))))
+
+    def run(self, total, log_every, callback, progress):
+        ops, m, st = self.ops, self.model, self.state
+        snapshot = self._snapshot()
+        st.flags[ST_EPOCH:] = 0  # a fit starts at epoch 0, row 0
+        losses = ops.empty((total,), np.float64)
+        bar = _progress(total, progress)
+        hooks = bool(log_every or callback or progress)
+        done, seconds_per_step, stopped = 0, None, False
+        start = time.perf_counter()
+        try:
+            while done < total and not stopped:
+                k = 1 if callback else self._segment(done, total, seconds_per_step, hooks)
+                t0 = time.perf_counter()
+                n, status = ops.fit_steps(
+                    m._W, m._bvec, m.has_bias, st.weight, st.bias, self.hp, st.flags, self.X, self.T, self.plan, losses[done : done + k]
+                )
+                seconds_per_step = (time.perf_counter() - t0) / max(n, 1)
+                if status != OK:
+                    self._fail(status, losses, done, n, snapshot, time.perf_counter() - start)
+                if hooks and n:
+                    stopped = self._report(ops.to_host(losses[done : done + n]), done, total, log_every, callback, bar)
+                done += n
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start
+        return History(ops.to_host(losses[:done]), seconds, self.seed, stopped_early=stopped)
+
+    @staticmethod
+    def _report(segment_losses, done, total, log_every, callback, bar):
+        """Log, call back and draw progress for the steps just run; True = stop."""
+        for j, loss in enumerate(segment_losses.tolist(), start=done + 1):
+            if log_every and j % log_every == 0:
+                logger.info("step %d/%d: loss %.9g", j, total, loss)
+            if callback is not None and callback(j, loss):
+                bar.update(j, loss)
+                return True
+        bar.update(done + len(segment_losses), segment_losses[-1])
+        return False
+
+    def _fail(self, status, losses, done, n, snapshot, seconds):
+        failed_step = done + n + 1
+        loss = float(self.ops.to_host(losses[done + n : done + n + 1])[0])
+        if self.check_finite:
+            try:
+                self.model._check_data(self.X, self.T)
+            except ValueError:
+                self._restore(snapshot)  # bad data: the fit never happened
+                raise
+        history = History(self.ops.to_host(losses[: done + n]), seconds, self.seed)
+        raise _divergence(status, loss, failed_step, self.opt, history)
+
+
+def _divergence(status, loss, step, opt, history):
+    what = f"the loss is {loss}" if status == NONFINITE_LOSS else "the update would make a weight NaN or Inf"
+    return DivergenceError(
+        f"training diverged at step {step}: {what}. The weights of the last finite step were kept. "
+        f"Try a smaller learning rate (lr={opt.lr}) or scale the inputs (e.g. standardise X).",
+        step=step,
+        loss=loss,
+        history=history,
+    )
+
+
+def _apply_gradients(model, opt, weight_grad, bias_grad):
+    """SGD.apply's body: validate the gradients, then update (or raise)."""
+    if not isinstance(model, Linear):
+        raise TypeError(f"model must be a fastlin.Linear, got {type(model).__name__}")
+    ops = model._ops
+    gW = _host_param(weight_grad, "weight_grad", np.float64)
+    if gW.shape != (model.out_features, model.in_features):
+        raise ValueError(f"weight_grad must have shape {(model.out_features, model.in_features)}, got {gW.shape}")
+    if model.has_bias:
+        if bias_grad is None:
+            raise ValueError("this layer has a bias: give bias_grad too")
+        gb = _host_param(bias_grad, "bias_grad", np.float64)
+        if gb.shape != (model.out_features,):
+            raise ValueError(f"bias_grad must have shape ({model.out_features},), got {gb.shape}")
+    elif bias_grad is not None:
+        raise ValueError("this layer has no bias: bias_grad must be None")
+    else:
+        gb = np.zeros(model.out_features)
+    st = opt.state_for(model, ops)
+    hp = opt.hyper(False, model.dtype)
+    status = ops.sgd_update(model._W, model._bvec, model.has_bias, st.weight, st.bias, hp, st.flags, gW, gb, 1.0)
+    if status != OK:
+        raise _divergence(status, float("nan"), 1, opt, None)
+
+
+def _host_param(value, name, dtype):
+    """A parameter given by the user -> a finite host numpy array.
+
+    ``dtype`` None picks float32 for float32 input and float64 otherwise.
+    """
+    arr = np.asarray(value.copy_to_host() if hasattr(value, "copy_to_host") else value)
+    _validate.check_dtype_kind(arr.dtype, name)
+    if dtype is None:
+        dtype = np.float32 if arr.dtype == np.float32 else np.float64
+    arr = np.array(arr, dtype=dtype, order="C", copy=True)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return arr
