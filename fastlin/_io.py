@@ -50,7 +50,8 @@ def load(path, *, device="cpu"):
     if not os.path.isfile(path):
         raise ModelFileNotFoundError(f"no fastlin model file at {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # Our own file handle: np.load leaks its handle when the zip is corrupt.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
             files = set(data.files)
             if not {"format_version", "weight"} <= files:
                 raise ModelFileError(f"{path!r} is a .npz file but not a fastlin model (it holds {sorted(files)})")

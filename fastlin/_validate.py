@@ -70,7 +70,7 @@ def as_host_array(a, name, dtype):
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{name} could not be read as a numeric array: {exc}") from None
     check_dtype_kind(arr.dtype, name)
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return np.asarray(arr, dtype=dtype, order="C")  # (ascontiguousarray would make 0-D 1-D)
 
 
 def check_input_shape(shape, in_features, name="X"):

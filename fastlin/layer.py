@@ -199,10 +199,10 @@ class Linear:
         shape = _validate.target_shape(T.shape, n_rows, single, self.out_features, name)
         return T.reshape(shape)
 
-    def _check_data(self, X, T):
+    def _check_data(self, X, T, names=("X", "T")):
         """Raise ValueError if X or T holds NaN/Inf (only called after a
         kernel reported a non-finite result, so the happy path pays nothing)."""
-        for name, a in (("X", X), ("T", T)):
+        for name, a in zip(names, (X, T)):
             if a is not None and not self._ops.all_finite(a):
                 raise ValueError(_validate.nonfinite_message(name))
 
@@ -249,16 +249,20 @@ class Linear:
         loss = sse if reduction_sum else sse / (n_rows * self.out_features)
         return Gradients(loss, dW, db if self.has_bias else None)
 
-    def backward(self, X, dY):
+    def backward(self, X, dY, *, check_finite=True):
         """Back-propagate an upstream gradient ``dY = dL/dY`` through the layer.
 
         Returns ``(dX, dW, db)`` with ``dX = dY·W``, ``dW = dYᵀ·X`` and
         ``db = Σ_rows dY`` (None without bias).  Shapes follow X: one sample
-        (in,) with dY (out,), or a batch (N, in) with dY (N, out).
+        (in,) with dY (out,), or a batch (N, in) with dY (N, out).  Nothing
+        is updated; apply the gradients with :meth:`fastlin.SGD.apply`.
         """
         X, n_rows, single = self._inputs(X)
         dY = self._targets(dY, n_rows, single, name="dY")
         dX, dW, db = self._ops.backward(self._W, X, dY, self._ws)
+        # Any NaN/Inf in X or dY reaches dW = dYᵀ·X, which is small to scan.
+        if check_finite and not self._ops.all_finite(dW):
+            self._check_data(X, dY, names=("X", "dY"))
         return (dX[0] if single else dX), dW, (db if self.has_bias else None)
 
     # ------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""Plain float64 numpy references for every fastlin operation.
+
+Written for clarity, not speed: each is the textbook formula, computed in
+float64 whatever the input dtype.  The kernels are tested against these.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MASK64 = (1 << 64) - 1
+
+
+def f64(*arrays):
+    return [None if a is None else np.asarray(a, dtype=np.float64) for a in arrays]
+
+
+def forward(X, W, b=None):
+    X, W, b = f64(X, W, b)
+    Y = X @ W.T
+    return Y if b is None else Y + b
+
+
+def mse(P, T, reduction="mean"):
+    P, T = f64(P, T)
+    sse = float(np.sum((P - T) ** 2))
+    return sse if reduction == "sum" else sse / P.size
+
+
+def mse_grad(X, T, W, b=None, reduction="mean"):
+    """Loss, dL/dW, dL/db of the MSE of X·Wᵀ + b against T."""
+    X, T = f64(X, T)
+    R = forward(X, W, b) - T
+    c = 2.0 if reduction == "sum" else 2.0 / R.size
+    loss = float(np.sum(R**2)) / (1.0 if reduction == "sum" else R.size)
+    return loss, c * R.T @ X, c * R.sum(axis=0)
+
+
+def backward(X, dY, W):
+    X, dY, W = f64(X, dY, W)
+    return dY @ W, dY.T @ X, dY.sum(axis=0)
+
+
+def sgd_update(p, g, buf, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    """torch.optim.SGD for one tensor; ``buf`` None means "first step".
+
+    Returns (new p, new buf).
+    """
+    g = g + weight_decay * p
+    if momentum != 0.0:
+        buf = g.copy() if buf is None else momentum * buf + (1.0 - dampening) * g
+        g = g + momentum * buf if nesterov else buf
+    return p - lr * g, buf
+
+
+def splitmix64(x):
+    """One step of SplitMix64 on Python ints: (next state, 64 random bits)."""
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    z = x
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x, z ^ (z >> 31)
+
+
+def epoch_permutation(seed, epoch, n):
+    """The documented shuffle: Fisher-Yates driven by SplitMix64 seeded with
+    ``seed XOR (epoch · 0xD1B54A32D192ED03)``."""
+    perm = list(range(n))
+    x = (seed ^ ((epoch * 0xD1B54A32D192ED03) & MASK64)) & MASK64
+    for i in range(n - 1, 0, -1):
+        x, z = splitmix64(x)
+        j = z % (i + 1)
+        perm[i], perm[j] = perm[j], perm[i]
+    return np.array(perm)
+
+
+def fit(X, T, W, b, steps, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+        batch_size=None, shuffle=False, seed=0, reduction="mean"):
+    """Mini-batch SGD exactly as fastlin documents it, in float64.
+
+    Returns (losses, W, b) with b None for a layer without bias.
+    """
+    X, T, W, b = f64(X, T, W, b)
+    T = T.reshape(len(X), -1)
+    n = len(X)
+    batch = n if batch_size is None else min(batch_size, n)
+    shuffle = shuffle and batch < n
+    bufW = bufb = None
+    losses = []
+    epoch, pos, order = 0, 0, np.arange(n)
+    for _ in range(steps):
+        if pos == 0 and shuffle:
+            order = epoch_permutation(seed, epoch, n)
+        rows = order[pos : pos + batch]
+        loss, dW, db = mse_grad(X[rows], T[rows], W, b, reduction)
+        losses.append(loss)
+        W, bufW = sgd_update(W, dW, bufW, lr, momentum, dampening, weight_decay, nesterov)
+        if b is not None:
+            b, bufb = sgd_update(b, db, bufb, lr, momentum, dampening, weight_decay, nesterov)
+        pos += len(rows)
+        if pos >= n:
+            pos, epoch = 0, epoch + 1
+    return np.array(losses), W, b
