@@ -224,7 +224,7 @@ class Linear:
         reduction_sum = _validate.check_reduction(reduction)
         X, n_rows, single = self._inputs(X)
         T = self._targets(T, n_rows, single)
-        sse = self._ops.model_sse(self._W, self._bvec, self.has_bias, X, T)
+        sse = self._ops.model_sse(self._W, self._bvec, self.has_bias, X, T, self._ws)
         if check_finite and not math.isfinite(sse):
             self._check_data(X, T)
         return sse if reduction_sum else sse / (n_rows * self.out_features)

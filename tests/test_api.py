@@ -77,7 +77,7 @@ def test_no_bias_layer():
     model = fastlin.Linear(4, 2, bias=False, seed=0)
     assert model.bias is None and not model.has_bias
     X = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
-    np.testing.assert_allclose(model(X), X @ model.weight.T, rtol=1e-6)
+    np.testing.assert_allclose(model(X), X.astype(np.float64) @ model.weight.T.astype(np.float64), rtol=1e-5, atol=1e-6)
     model.step(X, np.ones((6, 2)), fastlin.SGD(0.1, momentum=0.9, weight_decay=0.1))
     assert model.bias is None
 

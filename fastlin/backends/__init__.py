@@ -20,7 +20,7 @@ Each device has two modules with matching names:
         all_finite(a) -> bool
         forward(W, b, has_bias, X) -> Y
         sse(P, T) -> float
-        model_sse(W, b, has_bias, X, T) -> float
+        model_sse(W, b, has_bias, X, T, ws=None) -> float
         mse_grad(W, b, has_bias, X, T, scale, ws, dtype=None) -> (sse, dW, db)
         backward(W, X, dY, ws) -> (dX, dW, db)
         fused_step(W, b, has_bias, bufW, bufb, hp, flags, X, T, ws) -> (loss, status)

@@ -3,8 +3,22 @@
 :class:`fastlin.Linear` talks to a backend only through the functions in this
 module; :mod:`fastlin.backends.cuda_ops` provides the same functions for GPUs.
 Arguments arrive validated (right shapes, C-contiguous, the model's dtype).
-``ws`` is a dict owned by the caller that caches the scratch buffer, so a
-step on a fixed shape allocates nothing after the first call.
+``ws`` is a dict owned by the caller that caches scratch buffers, so a step
+on a fixed shape allocates nothing after the first call.
+
+Two paths, chosen by shape alone:
+
+streaming (few outputs)
+    One ``@njit`` pass over X per step (``cpu.fused_step``): each row's
+    prediction, residual, loss and gradient contribution are formed while the
+    row is in cache.  Memory-bound, so reading X once is what counts.
+GEMM (``n_out >= GEMM_MIN_OUT``)
+    Arithmetic dominates, and nothing beats BLAS at it.  Rows go in blocks of
+    ``GEMM_BLOCK_ROWS``: ``Y = X_b·Wᵀ`` (BLAS), the residual, loss and bias
+    gradient in one ``@njit`` pass over the small block ``Y``
+    (``cpu.residual``), then ``G = Rᵀ·X_b`` (BLAS) while ``X_b`` is still in
+    cache, added into float64 sums.  X is still read from memory once, and no
+    (N, O) array is formed.
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ import numpy as np
 
 from .._validate import as_host_array
 from . import cpu
+from .abi import OK
 
 name = "cpu"
 
@@ -24,6 +39,10 @@ MIN_CHUNK_WORK = 1 << 15
 SCRATCH_BYTES = 64 << 20
 # forward() runs its rows in parallel above this many multiply-adds.
 PARALLEL_FORWARD_WORK = 1 << 16
+# The GEMM path takes over from this many outputs (measured: bench/RESULTS.md).
+GEMM_MIN_OUT = 8
+GEMM_BLOCK_ROWS = 2048
+
 
 def _cdiv(a, b):
     return -(-a // b)
@@ -44,12 +63,24 @@ def plan_chunks(n_rows, n_out, n_in):
     return rows, _cdiv(n_rows, rows)
 
 
+def uses_gemm(n_out, n_in):
+    """True when a layer of this shape trains on the GEMM path."""
+    return n_out >= GEMM_MIN_OUT
+
+
 def _work(ws, n_out, n_in, n_chunks):
     size = cpu.work_size(n_out, n_in, n_chunks)
     work = ws.get(size)
     if work is None:
         work = ws[size] = np.empty(size, dtype=np.float64)
     return work
+
+
+def _buffer(ws, key, shape, dtype):
+    buf = ws.get(key)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = ws[key] = np.empty(shape, dtype=dtype)
+    return buf
 
 
 # --------------------------------------------------------------------------
@@ -87,13 +118,62 @@ def all_finite(a):
 
 
 # --------------------------------------------------------------------------
+# the GEMM path
+# --------------------------------------------------------------------------
+def _gemm_sums(W, b, X, T, ws, rows=None, start=0, n=None, grad=True):
+    """``(Σ r², Σ rᵀX, Σ r)`` over a batch by blocks of BLAS calls.
+
+    The batch is rows ``start .. start+n`` of X, or ``X[rows[start:start+n]]``
+    (gathered block by block) for a shuffled mini-batch.  Sums are float64.
+    """
+    n_out, n_in = W.shape
+    n = X.shape[0] - start if n is None else n
+    block = min(GEMM_BLOCK_ROWS, n)
+    Y = _buffer(ws, "gemm_Y", (block, n_out), W.dtype)
+    G = _buffer(ws, "gemm_G", (n_out, n_in), W.dtype)
+    if rows is not None:
+        Xg = _buffer(ws, "gemm_X", (block, n_in), W.dtype)
+        Tg = _buffer(ws, "gemm_T", (block, n_out), W.dtype)
+    gW = np.zeros((n_out, n_in))
+    gb = np.zeros(n_out)
+    sse = 0.0
+    WT = W.T
+    for lo in range(start, start + n, block):
+        hi = min(lo + block, start + n)
+        if rows is None:
+            Xb, Tb = X[lo:hi], T[lo:hi]
+        else:
+            Xb = np.take(X, rows[lo:hi], axis=0, out=Xg[: hi - lo])
+            Tb = np.take(T, rows[lo:hi], axis=0, out=Tg[: hi - lo])
+        Yb = Y[: hi - lo]
+        np.matmul(Xb, WT, out=Yb)
+        sse += cpu.residual(Yb, Tb, b, gb)
+        if grad:
+            np.matmul(Yb.T, Xb, out=G)
+            gW += G
+    return float(sse), gW, gb
+
+
+def _gemm_step(W, b, has_bias, bufW, bufb, hp, state, X, T, ws, rows=None, start=0, n=None):
+    n = X.shape[0] - start if n is None else n
+    sse, gW, gb = _gemm_sums(W, b, X, T, ws, rows, start, n)
+    loss, status = cpu._finish_step(sse, n, W, b, has_bias, gW, gb, bufW, bufb, hp, state)
+    return float(loss), int(status)
+
+
+# --------------------------------------------------------------------------
 # operations
 # --------------------------------------------------------------------------
 def forward(W, b, has_bias, X):
     n_rows, n_in = X.shape
-    Y = np.empty((n_rows, W.shape[0]), dtype=W.dtype)
-    kernel = cpu.forward_parallel if n_rows * n_in * W.shape[0] > PARALLEL_FORWARD_WORK else cpu.forward
-    kernel(X, W, b, has_bias, Y)
+    n_out = W.shape[0]
+    if uses_gemm(n_out, n_in):
+        Y = np.matmul(X, W.T)
+        Y += b
+        return Y
+    Y = np.empty((n_rows, n_out), dtype=W.dtype)
+    kernel = cpu.forward_parallel if n_rows * n_in * n_out > PARALLEL_FORWARD_WORK else cpu.forward
+    kernel(X, W, b, Y)
     return Y
 
 
@@ -105,12 +185,14 @@ def sse(P, T):
     return float(kernel(P, T, chunk_rows, partial))
 
 
-def model_sse(W, b, has_bias, X, T):
+def model_sse(W, b, has_bias, X, T, ws=None):
     """``Σ (X·Wᵀ + b − T)²`` without materialising the prediction."""
+    if uses_gemm(*W.shape):
+        return _gemm_sums(W, b, X, T, {} if ws is None else ws, grad=False)[0]
     chunk_rows, n_chunks = plan_chunks(X.shape[0], W.shape[0], W.shape[1])
     partial = np.empty(n_chunks, dtype=np.float64)
     kernel = cpu.model_sse_parallel if n_chunks > 1 else cpu.model_sse
-    return float(kernel(X, T, W, b, has_bias, chunk_rows, partial))
+    return float(kernel(X, T, W, b, chunk_rows, partial))
 
 
 def mse_grad(W, b, has_bias, X, T, scale, ws, dtype=None):
@@ -120,12 +202,15 @@ def mse_grad(W, b, has_bias, X, T, scale, ws, dtype=None):
     parameters' dtype).
     """
     n_out, n_in = W.shape
-    chunk_rows, n_chunks = plan_chunks(X.shape[0], n_out, n_in)
-    work = _work(ws, n_out, n_in, n_chunks)
-    dW = np.empty((n_out, n_in), dtype=np.float64)
-    db = np.empty(n_out, dtype=np.float64)
-    kernel = cpu.mse_grad_parallel if n_chunks > 1 else cpu.mse_grad
-    loss = kernel(X, T, W, b, has_bias, chunk_rows, work, dW, db)
+    if uses_gemm(n_out, n_in):
+        loss, dW, db = _gemm_sums(W, b, X, T, ws)
+    else:
+        chunk_rows, n_chunks = plan_chunks(X.shape[0], n_out, n_in)
+        work = _work(ws, n_out, n_in, n_chunks)
+        dW = np.empty((n_out, n_in), dtype=np.float64)
+        db = np.empty(n_out, dtype=np.float64)
+        kernel = cpu.mse_grad_parallel if n_chunks > 1 else cpu.mse_grad
+        loss = kernel(X, T, W, b, chunk_rows, work, dW, db)
     dtype = W.dtype if dtype is None else dtype
     return float(loss), (scale * dW).astype(dtype, copy=False), (scale * db).astype(dtype, copy=False)
 
@@ -146,6 +231,8 @@ def backward(W, X, dY, ws):
 def fused_step(W, b, has_bias, bufW, bufb, hp, state, X, T, ws):
     """One full-batch SGD step in place.  Returns ``(loss, status)``."""
     n_out, n_in = W.shape
+    if uses_gemm(n_out, n_in):
+        return _gemm_step(W, b, has_bias, bufW, bufb, hp, state, X, T, ws)
     chunk_rows, n_chunks = plan_chunks(X.shape[0], n_out, n_in)
     work = _work(ws, n_out, n_in, n_chunks)
     kernel = cpu.fused_step_parallel if n_chunks > 1 else cpu.fused_step
@@ -154,7 +241,9 @@ def fused_step(W, b, has_bias, bufW, bufb, hp, state, X, T, ws):
 
 
 def sgd_update(W, b, has_bias, bufW, bufb, hp, flags, gW, gb, scale):
-    """SGD update from a given gradient ``scale·(gW, gb)`` (float64 arrays).  Returns a status."""
+    """SGD update from a given gradient ``scale·(gW, gb)``.  Returns a status."""
+    gW = np.ascontiguousarray(gW, dtype=np.float64)
+    gb = np.ascontiguousarray(gb, dtype=np.float64)
     return int(cpu.apply_update(W, b, has_bias, gW, gb, scale, bufW, bufb, hp, flags))
 
 
@@ -167,8 +256,10 @@ class FitPlan:
         self.shuffle = bool(shuffle) and self.batch_size < n_rows
         self.seed = np.uint64(seed % (1 << 64))
         self.perm = np.empty(n_rows if self.shuffle else 0, dtype=np.int64)
+        self.gemm = uses_gemm(n_out, n_in)
+        self.ws = {}
         self.chunk_rows, n_chunks = plan_chunks(self.batch_size, n_out, n_in)
-        self.work = np.empty(cpu.work_size(n_out, n_in, n_chunks), dtype=np.float64)
+        self.work = np.empty(0 if self.gemm else cpu.work_size(n_out, n_in, n_chunks), dtype=np.float64)
         self.kernel = cpu.fit_steps_parallel if n_chunks > 1 else cpu.fit_steps
 
 
@@ -178,8 +269,24 @@ def fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed):
 
 def fit_steps(W, b, has_bias, bufW, bufb, hp, state, X, T, plan, losses):
     """Run ``len(losses)`` steps, writing each loss.  Returns ``(steps done, status)``."""
+    if plan.gemm:
+        return _gemm_fit_steps(W, b, has_bias, bufW, bufb, hp, state, X, T, plan, losses)
     done, status = plan.kernel(
         X, T, W, b, has_bias, bufW, bufb, hp, state,
         plan.perm, plan.batch_size, plan.shuffle, plan.seed, plan.chunk_rows, plan.work, losses,
     )
     return int(done), int(status)
+
+
+def _gemm_fit_steps(W, b, has_bias, bufW, bufb, hp, state, X, T, plan, losses):
+    """The loop of ``cpu.fit_steps`` around GEMM-path steps (each step costs
+    milliseconds, so the Python loop costs nothing that shows)."""
+    n_rows = X.shape[0]
+    for s in range(len(losses)):
+        pos, n = cpu.next_batch(state, plan.perm, plan.shuffle, plan.seed, plan.batch_size, n_rows)
+        rows = plan.perm if plan.shuffle else None
+        losses[s], status = _gemm_step(W, b, has_bias, bufW, bufb, hp, state, X, T, plan.ws, rows, pos, n)
+        if status != OK:
+            return s, status
+        cpu.advance(state, pos, n, n_rows)
+    return len(losses), OK
