@@ -18,22 +18,36 @@ DEVICES = ("cpu", "cuda", "auto")
 # benchmarks (bench/RESULTS.md) measure the real crossover in rows.
 AUTO_CUDA_MIN_PARAMS = 1 << 16
 
+_INSTALL_HINT = "install it with: pip install 'fastlin[cuda]'"
+
 
 @functools.lru_cache(maxsize=1)
 def cuda_unavailable_reason():
-    """None when CUDA kernels can run here, else a sentence saying why not."""
+    """None when CUDA kernels can run here (a GPU, or numba's simulator under
+    ``NUMBA_ENABLE_CUDASIM=1``), else a sentence saying why not: numba-cuda
+    missing, no driver or device, or no NVVM to compile kernels with."""
     try:
         from numba import cuda
+        from numba.cuda import config
     except Exception as exc:  # ImportError, or a broken numba-cuda install
-        return f"numba-cuda is not importable ({exc}); install it with: pip install 'fastlin[cuda]'"
+        return f"numba-cuda is not importable ({exc}); {_INSTALL_HINT}"
+    if config.ENABLE_CUDASIM:
+        return None
     try:
-        if cuda.is_available():
-            return None
-        # is_available() swallows the cause; detect() prints it, so ask the driver.
-        cuda.cudadrv.driver.driver.get_device_count()
+        if not cuda.is_available():
+            # is_available() swallows the cause; asking the driver raises it.
+            cuda.cudadrv.driver.driver.get_device_count()
+            return "no usable CUDA GPU (numba.cuda.is_available() is False: no NVIDIA driver or device found)"
     except Exception as exc:
-        return f"no usable CUDA GPU: {exc}"
-    return "no usable CUDA GPU (numba.cuda.is_available() is False: no NVIDIA driver or device found)"
+        return f"no usable CUDA GPU: {' '.join(str(exc).split()).rstrip(' :')}"
+    try:
+        from numba.cuda.cudadrv import nvvm
+
+        if not nvvm.is_available():
+            return f"a GPU is present but NVVM (the CUDA compiler library) was not found; {_INSTALL_HINT}"
+    except Exception as exc:
+        return f"a GPU is present but NVVM cannot be loaded ({exc}); {_INSTALL_HINT}"
+    return None
 
 
 def cuda_available():
@@ -41,17 +55,30 @@ def cuda_available():
     return cuda_unavailable_reason() is None
 
 
+def cuda_simulated():
+    """True when numba's CUDA simulator stands in for a GPU (``NUMBA_ENABLE_CUDASIM=1``)."""
+    if cuda_unavailable_reason() is not None:
+        return False
+    from numba.cuda import config
+
+    return bool(config.ENABLE_CUDASIM)
+
+
 def resolve(device, n_params=0):
     """Turn a device name into "cpu" or "cuda", or raise.
 
-    ``"auto"`` picks CUDA when a GPU is usable and the model has at least
-    ``AUTO_CUDA_MIN_PARAMS`` parameters, else the CPU.  ``"cuda"`` without a
-    usable GPU is an error, never a silent fallback.
+    ``"auto"`` picks CUDA when a real GPU is usable and the model has at
+    least ``AUTO_CUDA_MIN_PARAMS`` parameters, else the CPU (never the
+    simulator, which is for testing and thousands of times slower).
+    ``"cuda"`` without a usable GPU raises :class:`fastlin.DeviceError`,
+    never a silent fallback.
     """
     if not isinstance(device, str) or device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(map(repr, DEVICES))}, got {device!r}")
     if device == "auto":
-        return "cuda" if n_params >= AUTO_CUDA_MIN_PARAMS and cuda_available() else "cpu"
+        if n_params >= AUTO_CUDA_MIN_PARAMS and cuda_available() and not cuda_simulated():
+            return "cuda"
+        return "cpu"
     if device == "cuda":
         reason = cuda_unavailable_reason()
         if reason is not None:
@@ -59,14 +86,40 @@ def resolve(device, n_params=0):
     return device
 
 
+_DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
+
+
 def is_device_array(a):
-    """True for GPU arrays (numba device arrays, CuPy, torch CUDA tensors)."""
-    return hasattr(a, "__cuda_array_interface__")
+    """True for arrays that live on a GPU: numba device arrays (the
+    simulator's too), anything with ``__cuda_array_interface__`` (CuPy,
+    PyTorch CUDA tensors) and DLPack arrays on a CUDA device."""
+    if getattr(a, "__cuda_ndarray__", False):
+        return True
+    try:
+        if hasattr(a, "__cuda_array_interface__"):
+            return True
+    except Exception:
+        # It has the interface but refuses to export it (a torch tensor that
+        # requires grad); the CUDA backend then says why.
+        return True
+    dlpack_device = getattr(a, "__dlpack_device__", None)
+    if dlpack_device is None or type(a).__module__ == "numpy":
+        return False
+    try:
+        return int(dlpack_device()[0]) in _DLPACK_CUDA_DEVICES
+    except Exception:
+        return False
 
 
 _BACKENDS = {"cpu": "fastlin.backends.cpu_ops", "cuda": "fastlin.backends.cuda_ops"}
 
 
 def backend(device):
-    """The ops module of a resolved device ("cpu" or "cuda")."""
+    """The ops module of a resolved device ("cpu" or "cuda").
+
+    Asking for "cuda" where it cannot run raises :class:`fastlin.DeviceError`
+    (e.g. ``mse_loss`` given a GPU array on a machine without numba-cuda).
+    """
+    if device == "cuda":
+        resolve("cuda")
     return importlib.import_module(_BACKENDS[device])

@@ -398,6 +398,9 @@ class _Fit:
         self.hp = opt.hyper(reduction_sum, model.dtype)
         self.plan = ops.fit_plan(X.shape[0], model.out_features, model.in_features, batch, shuffle, seed)
         self.work_per_step = batch * model.out_features * model.in_features
+        # Bad data found after some updates must undo them.  Only mini-batch
+        # fits can get that far: a full batch meets all of the data at step 1.
+        self.needs_snapshot = check_finite and batch < X.shape[0]
 
     def _snapshot(self):
         ops, m, st = self.ops, self.model, self.state
@@ -420,7 +423,7 @@ class _Fit:
 
     def run(self, total, log_every, callback, progress):
         ops, m, st = self.ops, self.model, self.state
-        snapshot = self._snapshot()
+        snapshot = self._snapshot() if self.needs_snapshot else None
         st.flags[ST_EPOCH:] = 0  # a fit starts at epoch 0, row 0
         losses = ops.empty((total,), np.float64)
         bar = _progress(total, progress)
@@ -464,7 +467,8 @@ class _Fit:
             try:
                 self.model._check_data(self.X, self.T)
             except ValueError:
-                self._restore(snapshot)  # bad data: the fit never happened
+                if snapshot is not None:
+                    self._restore(snapshot)  # bad data: the fit never happened
                 raise
         history = History(self.ops.to_host(losses[: done + n]), seconds, self.seed)
         raise _divergence(status, loss, failed_step, self.opt, history)

@@ -1,0 +1,487 @@
+"""The CUDA backend: allocates device arrays, picks a launch plan, launches.
+
+The same interface as :mod:`fastlin.backends.cpu_ops` (see
+:mod:`fastlin.backends`).  Arrays are numba device arrays; losses come back
+as Python floats; ``flags`` stays a host numpy int64 vector (it is copied to
+the device state at the start of a call and back at the end).
+
+Two launch plans, chosen from the layer's shape (:func:`path_for`):
+
+``"F"`` (row tiles; at most ``cuda.OMAX`` outputs and ``cuda.ACC·cuda.TPB``
+    parameters)
+    A step is ONE launch of :func:`fastlin.backends.cuda.fused_step` that
+    reads X once; its last block adds the per-block partials and applies the
+    update.  Problems of the seed's size (``batch·O·D <= ONE_LAUNCH_WORK``)
+    run a whole fit in one launch of one block
+    (:func:`fastlin.backends.cuda.fit_steps`).
+``"G"`` (any shape)
+    TS×TS shared-memory tiles: ``residual``, ``grad_partials``,
+    ``update_check``, ``update_apply`` (four launches a step).
+
+A fit of many launches never waits between steps: every kernel reads the
+batch position and the fit's status from the device state, the losses stay
+on the device, and the host reads the state back once at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+from numba import cuda as _cuda
+from numba.cuda import config as _cuda_config
+
+from .._dispatch import is_device_array
+from .._validate import as_host_array, check_dtype_kind
+from . import cuda as K
+from .abi import OK, ST_SIZE
+
+name = "cuda"
+
+SIMULATOR = bool(_cuda_config.ENABLE_CUDASIM)
+
+# Path F splits a batch into at most MAX_CHUNKS blocks of at least one tile
+# (TPB rows).  It depends on the shape only, so results are reproducible.
+MAX_CHUNKS = 256
+# A whole fit runs in one launch of one block while a step has at most this
+# many multiply-adds: below it the launch cost (~20 µs from Python) exceeds
+# the step's work.  The benchmarks (bench/) measure the real crossover.
+ONE_LAUNCH_WORK = 1 << 18
+# Path G: gradient splits over rows are added in a fixed order; enough
+# splits to fill the GPU, each at least MIN_SPLIT_ROWS rows.
+TARGET_BLOCKS = 512
+MIN_SPLIT_ROWS = 256
+# Tests may force the tiled plan G for every shape (FORCE_TILED), and
+# whether a fit runs in one launch (True, False; None: automatic).
+FORCE_TILED = False
+FORCE_ONE_LAUNCH = None
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _launch(kernel, grid, block):
+    """``kernel[grid, block]``, configured once per geometry on a GPU.
+
+    numba-cuda warns about grids of fewer than 128 blocks; fastlin launches
+    small grids on purpose (one block runs a whole small fit), so the warning
+    is silenced here, once per configuration, and nowhere else.  The
+    simulator's configured kernels share state, so there it is built anew.
+    """
+    if SIMULATOR:
+        return kernel[grid, block]
+    return _configured(kernel, grid, block)
+
+
+@functools.lru_cache(maxsize=1024)
+def _configured(kernel, grid, block):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Grid size .* will likely result in GPU under-utilization")
+        return kernel[grid, block]
+
+
+def n_params(n_out, n_in):
+    """Length E of the parameter vector (W then b)."""
+    return n_out * n_in + n_out
+
+
+def path_for(n_out, n_in):
+    """The launch plan for a layer: "F" (row tiles) or "G" (TS×TS tiles)."""
+    if not FORCE_TILED and n_out <= K.OMAX and n_params(n_out, n_in) <= K.ACC * K.TPB:
+        return "F"
+    return "G"
+
+
+def plan_chunks(n_rows):
+    """Path F: ``(rows per block, blocks)`` for a batch of ``n_rows``."""
+    n_chunks = max(1, min(MAX_CHUNKS, _cdiv(n_rows, K.TPB)))
+    chunk_rows = _cdiv(n_rows, n_chunks)
+    return chunk_rows, _cdiv(n_rows, chunk_rows)
+
+
+def plan_splits(n_rows, n_out, n_in):
+    """Path G: ``(rows per split, splits)`` of the gradient over a batch."""
+    tiles = _cdiv(n_out, K.TS) * _cdiv(n_in, K.TS)
+    splits = max(1, min(_cdiv(TARGET_BLOCKS, tiles), _cdiv(n_rows, MIN_SPLIT_ROWS)))
+    rows = _cdiv(_cdiv(n_rows, splits), K.TS) * K.TS
+    return rows, _cdiv(n_rows, rows)
+
+
+def row_groups(n_out, n_in):
+    """Path F: how many row groups share the gradient phase of a tile."""
+    n_el = n_params(n_out, n_in)
+    return K.TPB // n_el if n_el <= K.TPB else 1
+
+
+# --------------------------------------------------------------------------
+# arrays
+# --------------------------------------------------------------------------
+def _device_view(a, name):
+    """A numba device array viewing ``a``'s GPU memory (no copy), or None for
+    host data."""
+    if getattr(a, "__cuda_ndarray__", False):
+        return a
+    if not is_device_array(a):
+        return None
+    try:
+        has_cai = hasattr(a, "__cuda_array_interface__")
+    except Exception:
+        has_cai = True  # it refuses to export; as_cuda_array says why
+    if not has_cai:
+        return _from_dlpack(a, name)
+    try:
+        return _cuda.as_cuda_array(a)
+    except Exception as exc:  # e.g. a torch tensor that requires grad
+        raise TypeError(f"{name}: cannot view this GPU array through __cuda_array_interface__ ({exc})") from None
+
+
+def _from_dlpack(a, name):
+    """View a DLPack-only GPU array (e.g. a JAX array) as a numba device array."""
+    from cuda.core.utils import StridedMemoryView
+
+    try:
+        # stream_ptr=-1: no stream handshake; instead wait for the whole device
+        # once, which is safe for any producer stream.
+        view = StridedMemoryView.from_dlpack(a, stream_ptr=-1)
+    except Exception as exc:
+        raise TypeError(f"{name}: cannot view this DLPack array on the GPU ({exc})") from None
+    _cuda.synchronize()
+    dtype = np.dtype(view.dtype)
+    strides = None if view.strides is None else tuple(int(s) * dtype.itemsize for s in view.strides)
+    desc = {
+        "shape": tuple(int(s) for s in view.shape),
+        "strides": strides,
+        "typestr": dtype.str,
+        "data": (int(view.ptr), bool(getattr(view, "readonly", False))),
+        "version": 3,
+    }
+    return _cuda.from_cuda_array_interface(desc, owner=a, sync=False)
+
+
+def as_input(a, name, dtype):
+    """User data -> C-contiguous device array of ``dtype``.
+
+    GPU arrays of the right dtype and layout are used as they are (no copy);
+    other GPU arrays are converted on the device; host data is validated and
+    cast like on the CPU, then copied to the device once.
+    """
+    view = _device_view(a, name)
+    if view is None:
+        return _cuda.to_device(as_host_array(a, name, dtype))
+    check_dtype_kind(view.dtype, name)
+    if view.dtype == dtype and view.is_c_contiguous():
+        return view
+    if view.ndim not in (1, 2) or view.size == 0:
+        return view  # the caller's shape check reports it
+    out = _cuda.device_array(view.shape, dtype=dtype)
+    kernel = K.cast_copy_1d if view.ndim == 1 else K.cast_copy_2d
+    _launch(kernel, min(MAX_CHUNKS, _cdiv(view.size, K.TPB)), K.TPB)(view, out)
+    return out
+
+
+def from_host(a):
+    """A host array -> a device array (a private copy)."""
+    return _cuda.to_device(np.ascontiguousarray(a))
+
+
+def to_host(a):
+    """A device array -> a numpy array (a copy)."""
+    if hasattr(a, "copy_to_host"):
+        return a.copy_to_host()
+    return np.array(a, copy=True)
+
+
+def empty(shape, dtype):
+    return _cuda.device_array(shape, dtype=dtype)
+
+
+def zeros(shape, dtype):
+    return _cuda.to_device(np.zeros(shape, dtype=dtype))
+
+
+def copy_into(dst, src):
+    """``dst[...] = src``; ``src`` is a host array of dst's shape or a device array."""
+    if getattr(src, "__cuda_ndarray__", False):
+        dst.copy_to_device(src)
+    else:
+        dst.copy_to_device(np.ascontiguousarray(src, dtype=dst.dtype))
+
+
+def all_finite(a):
+    flat = a.reshape(a.size) if a.ndim != 1 else a
+    flag = _cuda.to_device(np.zeros(1, dtype=np.int32))
+    if flat.size:
+        _launch(K.all_finite, min(MAX_CHUNKS, _cdiv(flat.size, K.TPB)), K.TPB)(flat, flag)
+    return int(flag.copy_to_host()[0]) == 0
+
+
+def _scratch(ws, key, shape, dtype=np.float64):
+    """A device buffer cached in the model's workspace dict."""
+    full = ("cuda", key, shape, np.dtype(dtype).str)
+    buf = ws.get(full)
+    if buf is None:
+        buf = ws[full] = _cuda.device_array(shape, dtype=dtype)
+    return buf
+
+
+def _host_sum(partials):
+    """Add device partial sums on the host, in index order."""
+    return float(sum(partials.copy_to_host().tolist()))
+
+
+class _Static:
+    """Device state and plan for a lone full-batch op (no fit): status OK,
+    position 0, no shuffle, no update."""
+
+    def __init__(self, n_rows, n_out, n_in, has_bias):
+        self.state = _cuda.to_device(np.zeros(K.S_SIZE, dtype=np.int64))
+        cfg = np.zeros(K.C_SIZE, dtype=np.int64)
+        cfg[K.C_NROWS] = cfg[K.C_BATCH] = n_rows
+        cfg[K.C_HAS_BIAS] = int(has_bias)
+        self.split_rows, self.n_splits = plan_splits(n_rows, n_out, n_in)
+        cfg[K.C_KROWS] = self.split_rows
+        self.cfg = _cuda.to_device(cfg)
+        self.perm = _cuda.device_array(1, dtype=np.int64)
+
+
+def _static(ws, n_rows, n_out, n_in, has_bias):
+    key = ("cuda-static", n_rows, n_out, n_in, bool(has_bias))
+    st = ws.get(key)
+    if st is None:
+        st = ws[key] = _Static(n_rows, n_out, n_in, has_bias)
+    return st
+
+
+# --------------------------------------------------------------------------
+# operations
+# --------------------------------------------------------------------------
+def _tiles2d(n_rows, n_out):
+    return (_cdiv(n_rows, K.TS), _cdiv(n_out, K.TS)), (K.TS, K.TS)
+
+
+def forward(W, b, has_bias, X):
+    n_rows = X.shape[0]
+    n_out = W.shape[0]
+    Y = _cuda.device_array((n_rows, n_out), dtype=W.dtype)
+    grid, block = _tiles2d(n_rows, n_out)
+    _launch(K.forward, grid, block)(X, W, b, has_bias, Y)
+    return Y
+
+
+def sse(P, T):
+    """Sum of squared differences of two (N, O) device arrays, as a float."""
+    n_blocks = max(1, min(MAX_CHUNKS, _cdiv(P.shape[0] * P.shape[1], K.TPB)))
+    partial = _cuda.device_array(n_blocks, dtype=np.float64)
+    _launch(K.sse, n_blocks, K.TPB)(P, T, partial)
+    return _host_sum(partial)
+
+
+def model_sse(W, b, has_bias, X, T, ws=None):
+    """``Σ (X·Wᵀ + b − T)²`` without materialising the prediction."""
+    grid, block = _tiles2d(X.shape[0], W.shape[0])
+    partial = _cuda.device_array(grid[0] * grid[1], dtype=np.float64)
+    _launch(K.model_sse, grid, block)(X, T, W, b, has_bias, partial)
+    return _host_sum(partial)
+
+
+def _grad_g(W, b, has_bias, X, T, ws):
+    """Path G gradient partials of a full batch: (loss partials, part, splits)."""
+    n_rows, n_in = X.shape
+    n_out = W.shape[0]
+    st = _static(ws, n_rows, n_out, n_in, has_bias)
+    grid, block = _tiles2d(n_rows, n_out)
+    R = _scratch(ws, "R", (n_rows, n_out))
+    loss_p = _scratch(ws, "loss_g", (grid[0] * grid[1],))
+    part = _scratch(ws, "part_g", (st.n_splits * n_params(n_out, n_in),))
+    _launch(K.residual, grid, block)(X, T, W, b, st.state, st.perm, st.cfg, R, loss_p)
+    ggrid = (_cdiv(n_in, K.TS), _cdiv(n_out, K.TS), st.n_splits)
+    _launch(K.grad_partials, ggrid, block)(X, R, st.state, st.perm, st.cfg, part)
+    return loss_p, part, st.n_splits
+
+
+def mse_grad(W, b, has_bias, X, T, scale, ws, dtype=None):
+    """Returns ``(Σ r², scale·Σ rᵀX, scale·Σ r)`` with ``r = X·Wᵀ + b − T``;
+    the gradients are device arrays of ``dtype`` (default: W's)."""
+    n_rows, n_in = X.shape
+    n_out = W.shape[0]
+    n_el = n_params(n_out, n_in)
+    if path_for(n_out, n_in) == "F":
+        chunk_rows, n_parts = plan_chunks(n_rows)
+        loss_p = _scratch(ws, "loss_f", (n_parts,))
+        part = _scratch(ws, "part_f", (n_parts * n_el,))
+        _launch(K.mse_grad, n_parts, K.TPB)(X, T, W, b, has_bias, chunk_rows, row_groups(n_out, n_in), loss_p, part)
+    else:
+        loss_p, part, n_parts = _grad_g(W, b, has_bias, X, T, ws)
+    dtype = W.dtype if dtype is None else np.dtype(dtype)
+    dW = _cuda.device_array((n_out, n_in), dtype=dtype)
+    db = _cuda.device_array(n_out, dtype=dtype)
+    _launch(K.reduce_grad, _cdiv(n_el, K.TPB), K.TPB)(part, n_parts, float(scale), dW, db)
+    return _host_sum(loss_p), dW, db
+
+
+def backward(W, X, dY, ws):
+    """Returns ``(dX, dW, db)`` as device arrays of W's dtype (float64 sums)."""
+    n_rows, n_in = X.shape
+    n_out = W.shape[0]
+    dX = _cuda.device_array((n_rows, n_in), dtype=W.dtype)
+    _launch(K.backward, _cdiv(n_rows * n_in, K.TPB), K.TPB)(dY, W, dX)
+    st = _static(ws, n_rows, n_out, n_in, True)
+    n_el = n_params(n_out, n_in)
+    part = _scratch(ws, "part_g", (st.n_splits * n_el,))
+    ggrid = (_cdiv(n_in, K.TS), _cdiv(n_out, K.TS), st.n_splits)
+    _launch(K.grad_partials, ggrid, (K.TS, K.TS))(X, dY, st.state, st.perm, st.cfg, part)
+    dW = _cuda.device_array((n_out, n_in), dtype=W.dtype)
+    db = _cuda.device_array(n_out, dtype=W.dtype)
+    _launch(K.reduce_grad, _cdiv(n_el, K.TPB), K.TPB)(part, st.n_splits, 1.0, dW, db)
+    return dX, dW, db
+
+
+def fused_step(W, b, has_bias, bufW, bufb, hp, flags, X, T, ws):
+    """One full-batch SGD step in place.  Returns ``(loss, status)``."""
+    n_rows, n_in = X.shape
+    n_out = W.shape[0]
+    key = ("cuda-step", n_rows, n_out, n_in)
+    plan = ws.get(key)
+    if plan is None:
+        plan = ws[key] = FitPlan(n_rows, n_out, n_in, None, False, 0, advance=False)
+        plan.step_loss = _cuda.device_array(1, dtype=np.float64)
+    _, status = fit_steps(W, b, has_bias, bufW, bufb, hp, flags, X, T, plan, plan.step_loss)
+    return float(plan.step_loss.copy_to_host()[0]), status
+
+
+def sgd_update(W, b, has_bias, bufW, bufb, hp, flags, gW, gb, scale):
+    """SGD update from a given float64 gradient ``scale·(gW, gb)`` (host
+    arrays).  Returns a status; nothing is written unless it is OK."""
+    n_out, n_in = W.shape
+    n_el = n_params(n_out, n_in)
+    grad = np.empty(n_el, dtype=np.float64)
+    grad[: n_out * n_in] = np.asarray(gW, dtype=np.float64).reshape(-1)
+    grad[n_out * n_in :] = np.asarray(gb, dtype=np.float64)
+    part = _cuda.to_device(grad)
+    host_state = np.zeros(K.S_SIZE, dtype=np.int64)
+    host_state[:ST_SIZE] = flags[:ST_SIZE]
+    state = _cuda.to_device(host_state)
+    cfg = np.zeros(K.C_SIZE, dtype=np.int64)
+    cfg[K.C_NROWS] = cfg[K.C_BATCH] = 1
+    cfg[K.C_HAS_BIAS] = int(has_bias)
+    cfg = _cuda.to_device(cfg)
+    scratch = _cuda.device_array(2 * n_el + 1, dtype=np.float64)
+    no_loss = _cuda.device_array(1, dtype=np.float64)
+    hp_d = _cuda.to_device(np.ascontiguousarray(hp, dtype=np.float64))
+    grid = _cdiv(n_el, K.TPB)
+    _launch(K.update_check, grid, K.TPB)(W, b, bufW, bufb, hp_d, state, cfg, no_loss, 0, part, 1, scratch, float(scale), no_loss)
+    _launch(K.update_apply, grid, K.TPB)(W, b, bufW, bufb, hp_d, state, cfg, scratch, True)
+    state.copy_to_host(host_state)
+    flags[:ST_SIZE] = host_state[:ST_SIZE]
+    return int(host_state[K.S_STATUS])
+
+
+class FitPlan:
+    """What a fit keeps between its segments: batch size, launch plan, the
+    device state, the shuffle order and scratch (all on the device)."""
+
+    def __init__(self, n_rows, n_out, n_in, batch_size, shuffle, seed, *, advance=True):
+        self.n_rows = n_rows
+        self.n_out, self.n_in = n_out, n_in
+        self.batch_size = n_rows if batch_size is None else min(batch_size, n_rows)
+        # Shuffling a full batch changes nothing but the rounding order.
+        self.shuffle = bool(shuffle) and self.batch_size < n_rows
+        self.seed = np.uint64(seed % (1 << 64))
+        self.advance = advance
+        self.path = path_for(n_out, n_in)
+        n_el = n_params(n_out, n_in)
+        batch = self.batch_size
+        self.perm = _cuda.device_array(n_rows if self.shuffle else 1, dtype=np.int64)
+        cfg = np.zeros(K.C_SIZE, dtype=np.int64)
+        cfg[K.C_NROWS] = n_rows
+        cfg[K.C_BATCH] = batch
+        cfg[K.C_SHUFFLE] = int(self.shuffle)
+        cfg[K.C_ADVANCE] = int(advance)
+        if self.path == "F":
+            one = batch * n_out * n_in <= ONE_LAUNCH_WORK if FORCE_ONE_LAUNCH is None else FORCE_ONE_LAUNCH
+            self.one_launch = bool(one)
+            cfg[K.C_GROUPS] = row_groups(n_out, n_in)
+            if self.one_launch:
+                cfg[K.C_CHUNK] = batch
+                self.work = _cuda.device_array(1 + 3 * n_el, dtype=np.float64)
+            else:
+                cfg[K.C_CHUNK], self.n_chunks = plan_chunks(batch)
+                self.work = _cuda.device_array(self.n_chunks * (1 + n_el) + 2 * n_el, dtype=np.float64)
+        else:
+            self.one_launch = False
+            cfg[K.C_KROWS], self.n_splits = plan_splits(batch, n_out, n_in)
+            self.grid2, self.block2 = _tiles2d(batch, n_out)
+            self.n_loss = self.grid2[0] * self.grid2[1]
+            self.R = _cuda.device_array((batch, n_out), dtype=np.float64)
+            self.loss_p = _cuda.device_array(self.n_loss, dtype=np.float64)
+            self.part = _cuda.device_array(self.n_splits * n_el, dtype=np.float64)
+            self.scratch = _cuda.device_array(2 * n_el + 1, dtype=np.float64)
+        self._cfg_host = cfg
+        self.cfg = None  # uploaded by fit_steps, which knows has_bias
+        self.state = _cuda.device_array(K.S_SIZE, dtype=np.int64)
+        self._state_host = np.zeros(K.S_SIZE, dtype=np.int64)
+        self._hp_host = None
+        self._hp = None
+
+    def _upload(self, hp, has_bias):
+        if self.cfg is None or self._cfg_host[K.C_HAS_BIAS] != int(has_bias):
+            self._cfg_host[K.C_HAS_BIAS] = int(has_bias)
+            self.cfg = _cuda.to_device(self._cfg_host)
+        if self._hp_host is None or not np.array_equal(self._hp_host, hp):
+            self._hp_host = np.array(hp, dtype=np.float64)
+            self._hp = _cuda.to_device(self._hp_host)
+        return self._hp
+
+    def _launch_steps(self, k, X, T, W, b, bufW, bufb, hp, losses, flags):
+        if self.one_launch:
+            _launch(K.fit_steps, 1, K.TPB)(X, T, W, b, bufW, bufb, hp, self.state, self.perm, self.cfg, self.seed, self.work, losses, k)
+            return
+        # One (path F) or four (path G) launches a step, queued without
+        # waiting; the host follows the batch position only to know when an
+        # epoch starts, and kernels do nothing once a step has failed.
+        pos = int(flags[K.S_POS])
+        for _ in range(k):
+            if self.shuffle and pos == 0:
+                _launch(K.shuffle_epoch, 1, 1)(self.seed, self.state, self.perm)
+            if self.path == "F":
+                _launch(K.fused_step, self.n_chunks, K.TPB)(X, T, W, b, bufW, bufb, hp, self.state, self.perm, self.cfg, self.work, losses)
+            else:
+                self._step_g(X, T, W, b, bufW, bufb, hp, losses)
+            if self.advance:
+                pos += min(self.batch_size, self.n_rows - pos)
+                if pos >= self.n_rows:
+                    pos = 0
+
+    def _step_g(self, X, T, W, b, bufW, bufb, hp, losses):
+        n_el = n_params(self.n_out, self.n_in)
+        _launch(K.residual, self.grid2, self.block2)(X, T, W, b, self.state, self.perm, self.cfg, self.R, self.loss_p)
+        ggrid = (_cdiv(self.n_in, K.TS), _cdiv(self.n_out, K.TS), self.n_splits)
+        _launch(K.grad_partials, ggrid, self.block2)(X, self.R, self.state, self.perm, self.cfg, self.part)
+        grid = _cdiv(n_el, K.TPB)
+        _launch(K.update_check, grid, K.TPB)(
+            W, b, bufW, bufb, hp, self.state, self.cfg, self.loss_p, self.n_loss, self.part, self.n_splits, self.scratch, 0.0, losses
+        )
+        _launch(K.update_apply, grid, K.TPB)(W, b, bufW, bufb, hp, self.state, self.cfg, self.scratch, False)
+
+
+def fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed):
+    return FitPlan(n_rows, n_out, n_in, batch_size, shuffle, seed)
+
+
+def fit_steps(W, b, has_bias, bufW, bufb, hp, flags, X, T, plan, losses):
+    """Run ``len(losses)`` steps, writing each loss into the device array
+    ``losses``.  Returns ``(steps done, status)``; ``flags`` is updated."""
+    k = losses.shape[0]
+    if k == 0:
+        return 0, OK
+    hp_d = plan._upload(hp, has_bias)
+    host = plan._state_host
+    host[:] = 0
+    host[:ST_SIZE] = flags[:ST_SIZE]
+    plan.state.copy_to_device(host)
+    plan._launch_steps(k, X, T, W, b, bufW, bufb, hp_d, losses, flags)
+    plan.state.copy_to_host(host)  # the one wait of the call
+    flags[:ST_SIZE] = host[:ST_SIZE]
+    return int(host[K.S_DONE]), int(host[K.S_STATUS])

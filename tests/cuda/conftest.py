@@ -1,0 +1,80 @@
+"""Test set-up for the CUDA backend.
+
+These tests run on a real GPU or, with ``NUMBA_ENABLE_CUDASIM=1`` set in the
+environment before Python starts, in numba's CUDA simulator (tiny shapes:
+the simulator runs every GPU thread as a Python thread).  Anywhere else the
+whole directory is skipped, with the reason, except modules that set
+``NEEDS_CUDA = False`` (import safety, the PTX compile check).
+
+Small thread blocks: the kernels size shared memory with the block size, so
+it is fixed when ``fastlin.backends.cuda`` is first imported.  We set it
+here, before that, so that arrays of a few dozen rows span several blocks
+and the cross-block reductions really run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("FASTLIN_CUDA_TPB", "16")
+os.environ.setdefault("FASTLIN_CUDA_TILE", "4")
+
+import pytest  # noqa: E402 (after the environment is set)
+
+from fastlin import _dispatch  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+UNAVAILABLE = _dispatch.cuda_unavailable_reason()
+
+if _dispatch.cuda_simulated():
+    # The simulator's block manager busy-polls its thread's barriers while
+    # holding the GIL; with Python's default 5 ms switch interval every
+    # syncthreads() costs milliseconds.  A short interval makes this suite
+    # about 2.5x faster (and changes nothing the kernels compute).
+    sys.setswitchinterval(2e-4)
+
+
+def pytest_collection_modifyitems(config, items):
+    if UNAVAILABLE is None:
+        return
+    skip = pytest.mark.skip(reason=f"CUDA tests need a GPU or NUMBA_ENABLE_CUDASIM=1 set before Python starts: {UNAVAILABLE}")
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        if HERE in path.parents and getattr(item.module, "NEEDS_CUDA", True):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def kernels():
+    from fastlin.backends import cuda
+
+    return cuda
+
+
+@pytest.fixture(scope="session")
+def cops():
+    from fastlin.backends import cuda_ops
+
+    return cuda_ops
+
+
+@pytest.fixture(scope="session")
+def simulated():
+    return _dispatch.cuda_simulated()
+
+
+@pytest.fixture(params=["auto", "tiled"])
+def path(request, monkeypatch, cops):
+    """Run a test with the automatic launch plan (row tiles, path F, for the
+    small layers used here) and with the TS×TS tiled plan (path G) forced."""
+    monkeypatch.setattr(cops, "FORCE_TILED", request.param == "tiled")
+    return request.param
+
+
+@pytest.fixture(params=["one-launch", "per-step"])
+def launches(request, monkeypatch, cops):
+    """Run a fit in one launch of one block, and as one launch per step."""
+    monkeypatch.setattr(cops, "FORCE_ONE_LAUNCH", request.param == "one-launch")
+    return request.param

@@ -1,0 +1,83 @@
+"""Compile every CUDA kernel of fastlin to PTX, without a GPU.
+
+Run as a script (``python tests/cuda/ptx_check.py [cc]``) in a process where
+``NUMBA_ENABLE_CUDASIM`` is NOT set; it needs numba-cuda with its CUDA
+toolkit wheels (NVVM, NVRTC), i.e. ``pip install 'fastlin[cuda]'``, but no
+driver and no GPU.  Prints one line per kernel and dtype, exits 1 on any
+failure, and 3 (with the reason) when numba-cuda or its toolkit is missing.  ``tests/cuda/test_cuda_compile.py`` runs it in a subprocess.
+
+numba-cuda compiles the device functions a kernel calls for the *current*
+device's compute capability, which needs a driver.  With no GPU we pin that
+query to the target capability; nothing else of the device is used.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+
+def signatures(dtype):
+    """Argument types of each kernel as fastlin's launch code passes them."""
+    f = dtype
+    a2, a1 = f"{f}[:, ::1]", f"{f}[::1]"
+    f1, i1, r2 = "float64[::1]", "int64[::1]", "float64[:, ::1]"
+    return {
+        "forward": [a2, a2, a1, "boolean", a2],
+        "sse": [a2, a2, f1],
+        "model_sse": [a2, a2, a2, a1, "boolean", f1],
+        "mse_grad": [a2, a2, a2, a1, "boolean", "int64", "int64", f1, f1],
+        "backward": [a2, a2, a2],
+        "fused_step": [a2, a2, a2, a1, a2, a1, f1, i1, i1, i1, f1, f1],
+        "fit_steps": [a2, a2, a2, a1, a2, a1, f1, i1, i1, i1, "uint64", f1, f1, "int64"],
+        "shuffle_epoch": ["uint64", i1, i1],
+        "residual": [a2, a2, a2, a1, i1, i1, i1, r2, f1],
+        "grad_partials": [a2, r2, i1, i1, i1, f1],
+        "update_check": [a2, a1, a2, a1, f1, i1, i1, f1, "int64", f1, "int64", f1, "float64", f1],
+        "update_apply": [a2, a1, a2, a1, f1, i1, i1, f1, "boolean"],
+        "reduce_grad": [f1, "int64", "float64", a2, a1],
+        "all_finite": [a1, "int32[::1]"],
+        "cast_copy_1d": ["int64[:]", a1],
+        "cast_copy_2d": ["float64[:, :]", a2],
+    }
+
+
+def main(cc=(9, 0)):
+    try:
+        import numba.cuda
+        import numba.cuda.dispatcher as dispatcher
+    except ImportError as exc:
+        print(f"numba-cuda is not installed ({exc})")
+        return 3
+    if numba.cuda.config.ENABLE_CUDASIM:
+        print("NUMBA_ENABLE_CUDASIM is set: the simulator cannot compile PTX", file=sys.stderr)
+        return 2
+    dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
+    try:  # a trivial kernel first: is the toolkit (NVVM, NVRTC) there at all?
+        numba.cuda.compile_ptx(lambda a: None, "void(float64[::1])", cc=cc)
+    except Exception as exc:
+        print(f"no CUDA toolkit to compile with: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        return 3
+    from fastlin.backends import cuda as kernels
+
+    failures = 0
+    for dtype in ("float32", "float64"):
+        sigs = signatures(dtype)
+        assert set(sigs) == set(kernels.KERNELS), set(sigs) ^ set(kernels.KERNELS)
+        for name, args in sigs.items():
+            sig = f"void({', '.join(args)})"
+            try:
+                ptx, _ = numba.cuda.compile_ptx(getattr(kernels, name).py_func, sig, cc=cc)
+            except Exception as exc:
+                failures += 1
+                print(f"FAIL {name} {dtype}: {type(exc).__name__}: {exc}")
+                continue
+            # A float32 kernel must not have picked up float64 *storage*; the
+            # float64 arithmetic is deliberate (see fastlin.backends.cuda).
+            print(f"ok   {name:14s} {dtype}  sm_{cc[0]}{cc[1]}  {len(ptx.splitlines())} PTX lines")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    cc = tuple(int(p) for p in sys.argv[1].split(".")) if len(sys.argv) > 1 else (9, 0)
+    sys.exit(main(cc))

@@ -1,0 +1,332 @@
+"""Every CUDA kernel (through the backend interface, ``cuda_ops``) against the
+CPU backend and a float64 numpy reference.
+
+Shapes are tiny (the simulator runs each GPU thread as a Python thread) but
+awkward: with the 16-thread blocks and 4×4 tiles set in conftest.py, N is
+never a multiple of the block, several blocks run, D spans several tiles,
+and the parameter vector is longer than a block in some cases and shorter
+than half a block (row groups) in others.
+"""
+
+from __future__ import annotations
+
+import cuda_ref as ref
+import numpy as np
+import pytest
+from cuda_ref import assert_close, f64, to_host
+
+from fastlin import SGD
+from fastlin.backends import abi, cpu, cpu_ops
+
+# (N, D, O): the seed; E = 8 <= TPB/2 (row groups); 3 blocks and 3 column
+# tiles; E = 30 > TPB (two gradient elements per thread); O > OMAX (the
+# tiled plan, whatever the fixture asks).
+SHAPES = [(1, 5, 2), (17, 3, 2), (37, 9, 1), (19, 9, 3), (6, 2, 17)]
+DTYPES = [np.float32, np.float64]
+
+
+def make(n, d, o, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(dtype)
+    T = rng.standard_normal((n, o)).astype(dtype)
+    W = (rng.standard_normal((o, d)) / np.sqrt(d)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    return X, T, W, b
+
+
+def dev(cops, *arrays):
+    return [cops.from_host(a) for a in arrays]
+
+
+def test_geometry_runs_several_blocks(kernels, cops):
+    """The small blocks set in conftest.py are in force, so the shapes above
+    exercise multi-block grids and the cross-block reductions."""
+    if (kernels.TPB, kernels.TS) != (16, 4):
+        pytest.skip(f"FASTLIN_CUDA_TPB/TILE were set to {kernels.TPB}/{kernels.TS} before conftest.py could pick 16/4")
+    assert cops.plan_chunks(37) == (13, 3)
+    assert cops.row_groups(2, 3) == 2
+    assert cops.path_for(17, 2) == "G"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward(cops, shape, dtype):
+    X, _, W, b = make(*shape, dtype)
+    Y = cops.forward(*dev(cops, W, b), True, cops.from_host(X))
+    assert Y.dtype == dtype and Y.shape == (shape[0], shape[2])
+    assert_close(Y, ref.forward(X, W, b), dtype)
+    assert_close(Y, cpu_ops.forward(W, b, True, X), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(37, 9, 1), (19, 9, 3)])
+def test_sse_and_model_sse(cops, shape, dtype):
+    X, T, W, b = make(*shape, dtype)
+    P = ref.forward(X, W, b).astype(dtype)
+    assert cops.sse(*dev(cops, P, T)) == pytest.approx(ref.sse(P, T), rel=1e-12)
+    dW, db, dX, dT = dev(cops, W, b, X, T)
+    expected = ref.sse(ref.forward(X, W, b), T)
+    assert cops.model_sse(dW, db, True, dX, dT) == pytest.approx(expected, rel=1e-12)
+    assert cpu_ops.model_sse(W, b, True, X, T) == pytest.approx(expected, rel=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_mse_grad(cops, path, shape, dtype, reduction):
+    X, T, W, b = make(*shape, dtype)
+    n, _, o = shape
+    scale = 2.0 if reduction == "sum" else 2.0 / (n * o)
+    loss, gW, gb = ref.gradients(X, T, W, b, reduction)
+    sse, dW, db = cops.mse_grad(*dev(cops, W, b), True, *dev(cops, X, T), scale, {})
+    assert dW.dtype == dtype and db.dtype == dtype
+    expected_sse = loss if reduction == "sum" else loss * n * o
+    assert sse == pytest.approx(expected_sse, rel=1e-12)
+    assert_close(dW, gW, dtype)
+    assert_close(db, gb, dtype)
+    cpu_sse, cpu_dW, cpu_db = cpu_ops.mse_grad(W, b, True, X, T, scale, {})
+    assert sse == pytest.approx(cpu_sse, rel=1e-6 if dtype == np.float32 else 1e-12)
+    assert_close(dW, cpu_dW, dtype, scale=10)
+    assert_close(db, cpu_db, dtype, scale=10)
+    # float64 gradients of a float32 model (SGD.apply's path), on request
+    _, dW64, _ = cops.mse_grad(*dev(cops, W, b), True, *dev(cops, X, T), scale, {}, dtype=np.float64)
+    assert dW64.dtype == np.float64
+    np.testing.assert_allclose(to_host(dW64), gW, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward(cops, shape, dtype):
+    X, _, W, _ = make(*shape, dtype)
+    dY = np.random.default_rng(5).standard_normal((shape[0], shape[2])).astype(dtype)
+    dX, dW, db = cops.backward(cops.from_host(W), *dev(cops, X, dY), {})
+    eX, eW, eb = ref.backward(X, dY, W)
+    for got, want in ((dX, eX), (dW, eW), (db, eb)):
+        assert got.dtype == dtype
+        assert_close(got, want, dtype)
+    for got, want in zip((dX, dW, db), cpu_ops.backward(W, X, dY, {})):
+        assert_close(got, want, dtype, scale=10)
+
+
+OPTIMISERS = {
+    "plain": dict(lr=0.1),
+    "momentum+decay": dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
+    "nesterov": dict(lr=0.05, momentum=0.8, nesterov=True),
+}
+
+
+def _state(ops, W, momentum):
+    shape_w, shape_b = (W.shape, (W.shape[0],)) if momentum else ((0, 0), (0,))
+    return ops.zeros(shape_w, W.dtype), ops.zeros(shape_b, W.dtype), np.zeros(abi.ST_SIZE, dtype=np.int64)
+
+
+@pytest.mark.parametrize("opt", list(OPTIMISERS))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 5, 2), (17, 3, 2), (19, 9, 3), (6, 2, 17)])
+def test_fused_step(cops, path, shape, dtype, opt):
+    """Two steps (the second uses the momentum buffer) match the reference and
+    the CPU; the loss is measured before each update; flags follow."""
+    X, T, W, b = make(*shape, dtype)
+    kw = OPTIMISERS[opt]
+    hp = SGD(**kw).hyper(False, np.dtype(dtype))
+    dW, db, dX, dT = dev(cops, W, b, X, T)
+    bufW, bufb, flags = _state(cops, W, kw.get("momentum", 0))
+    cW, cb = W.copy(), b.copy()
+    cbufW, cbufb, cflags = _state(cpu_ops, W, kw.get("momentum", 0))
+    pW, pb, rbW, rbb = f64(W), f64(b), None, None
+    ws, cws = {}, {}
+    for _ in range(2):
+        loss, status = cops.fused_step(dW, db, True, bufW, bufb, hp, flags, dX, dT, ws)
+        closs, cstatus = cpu_ops.fused_step(cW, cb, True, cbufW, cbufb, hp, cflags, X, T, cws)
+        rloss, gW, gb = ref.gradients(X, T, pW, pb)
+        pW, rbW = ref.sgd(pW, gW, rbW, **kw)
+        pb, rbb = ref.sgd(pb, gb, rbb, **kw)
+        assert status == cstatus == abi.OK
+        assert isinstance(loss, float)
+        assert loss == pytest.approx(rloss, rel=1e-5 if dtype == np.float32 else 1e-12)
+        assert loss == pytest.approx(closs, rel=1e-5 if dtype == np.float32 else 1e-12)
+        np.testing.assert_array_equal(flags, cflags)
+        # a lone step never moves the fit position
+        assert flags[abi.ST_EPOCH] == flags[abi.ST_POS] == 0
+        # the reference rounds nothing, the kernels round each step's result
+        assert_close(dW, pW, dtype, scale=5)
+        assert_close(db, pb, dtype, scale=5)
+        assert_close(dW, cW, dtype, scale=5)
+        assert_close(db, cb, dtype, scale=5)
+    if kw.get("momentum"):
+        assert flags[abi.ST_HAS_BUF] == 1
+        assert_close(bufW, rbW, dtype, scale=5)
+        assert_close(bufb, rbb, dtype, scale=5)
+
+
+def test_fused_step_is_deterministic(cops, path):
+    """Same inputs, same launch plan: bit-identical results (no atomics in
+    any sum)."""
+    X, T, W, b = make(37, 9, 3, np.float32)
+    hp = SGD(0.1, momentum=0.5).hyper(False, np.dtype(np.float32))
+    results = []
+    for _ in range(2):
+        dW, db, dX, dT = dev(cops, W, b, X, T)
+        bufW, bufb, flags = _state(cops, W, True)
+        loss, _ = cops.fused_step(dW, db, True, bufW, bufb, hp, flags, dX, dT, {})
+        results.append((loss, to_host(dW), to_host(db)))
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    np.testing.assert_array_equal(results[0][2], results[1][2])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_no_bias_leaves_b_alone(cops, path, dtype):
+    X, T, W, _ = make(17, 3, 2, dtype)
+    zero_b = np.zeros(2, dtype=dtype)
+    dW, db, dX, dT = dev(cops, W, zero_b, X, T)
+    bufW, bufb, flags = _state(cops, W, True)
+    hp = SGD(0.1, momentum=0.9).hyper(False, np.dtype(dtype))
+    cops.fused_step(dW, db, False, bufW, bufb, hp, flags, dX, dT, {})
+    np.testing.assert_array_equal(to_host(db), zero_b)
+    np.testing.assert_array_equal(to_host(bufb), zero_b)
+    _, gW, _ = ref.gradients(X, T, W, zero_b)
+    assert_close(dW, f64(W) - 0.1 * gW, dtype)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fit_steps(cops, path, launches, dtype, shuffle):
+    """A fit run as two calls (4 + 5 steps: it resumes mid-epoch) matches the
+    CPU's fit and the reference, mini-batches of 7 rows over 17 (a short
+    last batch each epoch), shuffled on the device."""
+    X, T, W, b = make(17, 3, 2, dtype)
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=0.01)
+    hp = SGD(**kw).hyper(False, np.dtype(dtype))
+    seed = 12345
+    dW, db, dX, dT = dev(cops, W, b, X, T)
+    bufW, bufb, flags = _state(cops, W, True)
+    plan = cops.fit_plan(17, 2, 3, 7, shuffle, seed)
+    assert plan.one_launch == (launches == "one-launch" and path == "auto")
+    losses = cops.empty((9,), np.float64)
+    assert cops.fit_steps(dW, db, True, bufW, bufb, hp, flags, dX, dT, plan, losses[:4]) == (4, abi.OK)
+    assert cops.fit_steps(dW, db, True, bufW, bufb, hp, flags, dX, dT, plan, losses[4:]) == (5, abi.OK)
+    cW, cb = W.copy(), b.copy()
+    cbufW, cbufb, cflags = _state(cpu_ops, W, True)
+    closses = np.empty(9)
+    cplan = cpu_ops.fit_plan(17, 2, 3, 7, shuffle, seed)
+    assert cpu_ops.fit_steps(cW, cb, True, cbufW, cbufb, hp, cflags, X, T, cplan, closses) == (9, abi.OK)
+    rlosses, rW, rb = ref.fit(X, T, W, b, 9, batch_size=7, shuffle=shuffle, seed=seed, **kw)
+    np.testing.assert_array_equal(flags, cflags)
+    assert list(flags) == [1, 3, 0]  # 9 steps of 7+7+3 rows: exactly 3 epochs
+    rtol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(to_host(losses), rlosses, rtol=rtol)
+    np.testing.assert_allclose(to_host(losses), closses, rtol=rtol)
+    np.testing.assert_allclose(f64(dW), rW, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(f64(dW), cW, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(f64(db), cb, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(f64(db), rb, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_update(cops, dtype):
+    """SGD from a given float64 gradient (SGD.apply), twice (momentum)."""
+    _, _, W, b = make(1, 5, 3, dtype)
+    rng = np.random.default_rng(9)
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1)
+    hp = SGD(**kw).hyper(False, np.dtype(dtype))
+    dW, db = dev(cops, W, b)
+    bufW, bufb, flags = _state(cops, W, True)
+    pW, pb, rbW, rbb = f64(W), f64(b), None, None
+    for _ in range(2):
+        gW, gb = rng.standard_normal((3, 5)), rng.standard_normal(3)
+        assert cops.sgd_update(dW, db, True, bufW, bufb, hp, flags, gW, gb, 1.0) == abi.OK
+        pW, rbW = ref.sgd(pW, gW, rbW, **kw)
+        pb, rbb = ref.sgd(pb, gb, rbb, **kw)
+        assert flags[abi.ST_HAS_BUF] == 1
+    assert_close(dW, pW, dtype, scale=5)
+    assert_close(db, pb, dtype, scale=5)
+    assert_close(bufW, rbW, dtype, scale=5)
+
+
+def _snapshot(*arrays):
+    return [to_host(a).copy() for a in arrays]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_sgd_update_refuses_nonfinite(cops):
+    """A NaN gradient (NONFINITE_LOSS), a weight beyond float32's range or a
+    momentum buffer beyond it (NONFINITE_UPDATE, see abi.py) writes nothing.
+    (The warning filters matter in the simulator only: numpy warns where the
+    GPU silently produces Inf/NaN, which the kernels then detect.)"""
+    _, _, W, b = make(1, 5, 3, np.float32)
+    dW, db = dev(cops, W, b)
+    bufW, bufb, flags = _state(cops, W, True)
+    before = _snapshot(dW, db, bufW, bufb)
+    gW, gb = np.zeros((3, 5)), np.zeros(3)
+    cases = [
+        (0.1, np.nan, abi.NONFINITE_LOSS),
+        (10.0, 1e38, abi.NONFINITE_UPDATE),  # the weight: 1e39 > float32 max
+        (0.1, 1e39, abi.NONFINITE_UPDATE),  # the weight is -1e38, the buffer 1e39
+    ]
+    for lr, g, status in cases:
+        hp = SGD(lr, momentum=0.9).hyper(False, np.dtype(np.float32))
+        gW[1, 2] = g
+        assert cops.sgd_update(dW, db, True, bufW, bufb, hp, flags, gW, gb, 1.0) == status
+        for got, want in zip(_snapshot(dW, db, bufW, bufb), before):
+            np.testing.assert_array_equal(got, want)
+        assert flags[abi.ST_HAS_BUF] == 0
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("failure", ["nan-target", "huge-lr"])
+def test_fit_stops_at_first_failure(cops, path, launches, failure):
+    """A failing step writes nothing, records its loss and status, and the
+    steps queued after it do nothing; the steps before it stand."""
+    X, T, W, b = make(17, 3, 2, np.float32)
+    if failure == "nan-target":
+        T[12, 1] = np.nan  # in the second batch of 7 rows (no shuffle)
+        hp, expected, done = SGD(0.05).hyper(False, np.dtype(np.float32)), abi.NONFINITE_LOSS, 1
+    else:
+        X[:] *= 1e18  # finite float32, but the gradient step overflows it
+        hp, expected, done = SGD(1e3).hyper(False, np.dtype(np.float32)), abi.NONFINITE_UPDATE, 0
+    dW, db, dX, dT = dev(cops, W, b, X, T)
+    bufW, bufb, flags = _state(cops, W, False)
+    plan = cops.fit_plan(17, 2, 3, 7, False, 0)
+    losses = cops.from_host(np.full(6, -1.0))
+    cW, cb = W.copy(), b.copy()
+    cbufW, cbufb, cflags = _state(cpu_ops, W, False)
+    closses = np.full(6, -1.0)
+    cplan = cpu_ops.fit_plan(17, 2, 3, 7, False, 0)
+    got = cops.fit_steps(dW, db, True, bufW, bufb, hp, flags, dX, dT, plan, losses)
+    want = cpu_ops.fit_steps(cW, cb, True, cbufW, cbufb, hp, cflags, X, T, cplan, closses)
+    assert got == want == (done, expected)
+    np.testing.assert_array_equal(flags, cflags)
+    host_losses = to_host(losses)
+    if failure == "nan-target":
+        assert np.isnan(host_losses[done])
+    assert np.all(host_losses[done + 1 :] == -1.0)  # later steps wrote nothing
+    np.testing.assert_allclose(f64(dW), cW, rtol=1e-5)  # steps before the failure stand
+    if done == 0:
+        np.testing.assert_array_equal(to_host(dW), W)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_finite(cops, dtype):
+    a = np.arange(37, dtype=dtype).reshape(37, 1)
+    assert cops.all_finite(cops.from_host(a))
+    for bad in (np.nan, np.inf, -np.inf):
+        b = a.copy()
+        b[36, 0] = bad
+        assert not cops.all_finite(cops.from_host(b))
+
+
+@pytest.mark.parametrize("seed, epoch, n", [(0, 0, 1), (7, 0, 17), (7, 3, 17), (2**64 - 1, 5, 40), (2**63 + 11, 2, 23)])
+def test_epoch_permutation(cops, kernels, seed, epoch, n):
+    """The device shuffle draws the CPU's order (and the documented one)."""
+    state = np.zeros(kernels.S_SIZE, dtype=np.int64)
+    state[kernels.S_EPOCH] = epoch
+    perm = cops.empty((n,), np.int64)
+    cops._launch(kernels.shuffle_epoch, 1, 1)(np.uint64(seed), cops.from_host(state), perm)
+    expected = ref.epoch_permutation(seed, epoch, n)
+    np.testing.assert_array_equal(to_host(perm), expected)
+    cpu_perm = np.empty(n, dtype=np.int64)
+    cpu.epoch_permutation(np.uint64(seed), epoch, cpu_perm)
+    np.testing.assert_array_equal(cpu_perm, expected)
