@@ -23,16 +23,29 @@ def _has_display():
     return sys.platform in {"win32", "darwin"} or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def finish(fig, ax, path):
-    """Save the figure when a path is given."""
+def finish(fig, ax, path, *, close=False):
+    """Save the figure when a path is given; returns ``ax``.
+
+    With ``close`` (a figure made only to be drawn here), a saved figure is
+    also closed when pyplot is not interactive (a script), so that plotting
+    in a loop does not pile up open figures (matplotlib warns past 20).  In
+    an interactive session (IPython, Jupyter) it stays open to be shown.
+    The returned Axes stays usable either way.
+    """
     if path is not None:
         fig.savefig(path, dpi=120, bbox_inches="tight")
+        import matplotlib
+
+        if close and not matplotlib.is_interactive():
+            pyplot().close(fig)
     return ax
 
 
 def plot_loss(loss, *, ax=None, log=False, path=None, title=None):
+    """Draw a loss curve (step 1, 2, ... against ``loss``); see :meth:`fastlin.History.plot`."""
     plt = pyplot()
-    if ax is None:
+    created = ax is None
+    if created:
         fig, ax = plt.subplots(figsize=(6, 3.5))
     else:
         fig = ax.figure
@@ -45,4 +58,4 @@ def plot_loss(loss, *, ax=None, log=False, path=None, title=None):
     if title:
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    return finish(fig, ax, path)
+    return finish(fig, ax, path, close=created)

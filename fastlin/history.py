@@ -21,6 +21,8 @@ class History:
     seed : int or None
         The shuffle seed used (drawn at random when the fit was given none),
         so a shuffled fit can be repeated exactly.
+    stopped_early : bool
+        True when the fit's ``callback`` asked it to stop before ``steps``.
     """
 
     loss: np.ndarray
@@ -39,18 +41,30 @@ class History:
     def plot(self, *, ax=None, log=False, path=None, title="training loss"):
         """Draw the loss curve with matplotlib (``pip install 'fastlin[plot]'``).
 
+        The x axis is the step (1-based), the y axis ``self.loss``.
+
         Parameters
         ----------
         ax : matplotlib Axes, optional
             Where to draw; a new figure is made when omitted.
-        log : bool
+        log : bool, default False
             Use a logarithmic loss axis.
         path : str or path-like, optional
-            Also save the figure there (PNG, SVG, ... by extension).
+            Also save the figure there (PNG, SVG, ... by extension).  A figure
+            made here is then closed when pyplot is not interactive (in a
+            script), so plotting in a loop does not pile up open figures.
+        title : str or None, default "training loss"
+            The axes' title (None for none).
 
         Returns
         -------
-        The matplotlib Axes.
+        matplotlib.axes.Axes
+            The Axes drawn on.
+
+        Raises
+        ------
+        ImportError
+            matplotlib is not installed.
         """
         from ._plot import plot_loss
 

@@ -1,0 +1,622 @@
+"""A scikit-learn estimator trained by fastlin's kernels (extra ``sklearn``).
+
+>>> from fastlin.sklearn import LinearRegressor            # doctest: +SKIP
+>>> model = LinearRegressor().fit(X, y)                    # doctest: +SKIP
+>>> model.coef_, model.intercept_, model.score(X, y)       # doctest: +SKIP
+
+Importing :mod:`fastlin` never imports scikit-learn; importing this module
+does, and says how to install it when it is missing.
+
+How a fit maps onto fastlin
+---------------------------
+Training always runs :meth:`fastlin.Linear.fit` on a bias-free layer that
+starts at zero, with a :class:`fastlin.SGD` optimiser:
+
+* ``fit`` centres X and y (by their weighted means) when ``fit_intercept``,
+  trains the coefficients on the centred data and recovers the intercept as
+  ``ȳ − coef·x̄``, as :class:`sklearn.linear_model.LinearRegression` and
+  ``Ridge`` do.  Centring takes the intercept out of the optimisation, which
+  makes full-batch gradient descent far better conditioned, and keeps the
+  intercept out of ``weight_decay``.
+* ``partial_fit`` cannot centre data it has not seen, so it appends a column
+  of ones to X and learns the intercept as that column's weight; like
+  ``torch.optim.SGD``, ``weight_decay`` then applies to it too.
+* ``sample_weight`` is exact, not approximate: with ``w'`` the weights scaled
+  to mean 1, the rows ``√w'·x`` and targets ``√w'·y`` give the mean loss
+  ``Σ wᵢ rᵢ² / Σ wᵢ``, so weighting a row by an integer k is the same as
+  repeating it k times (full batch).
+* Starting from zero, full-batch gradient descent stays in the span of the
+  data's rows and so converges (without ``weight_decay``) to the
+  minimum-norm least-squares solution: the one ``LinearRegression``
+  returns, even when there are more features than samples.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+
+try:
+    import sklearn  # noqa: F401  (the check that it is installed at all)
+    from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.utils import check_random_state
+    from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+except ImportError as exc:  # scikit-learn missing, or older than 1.6 (no validate_data)
+    raise ImportError(
+        "fastlin.sklearn needs scikit-learn >= 1.6; install it with: pip install 'fastlin[sklearn]'"
+    ) from exc
+
+from . import _validate
+from .layer import Linear
+from .optim import SGD
+
+__all__ = ["LinearRegressor"]
+
+# Power iteration for the step size: stop when the eigenvalue estimate moves
+# by less than this (relative), or after this many products with XᵀX.
+_POWER_RTOL = 1e-4
+_POWER_MAX_ITER = 100
+# Fixed seed of the power iteration's start vector: a fit must not depend on
+# anything but its data and parameters (and random_state for shuffling).
+_POWER_SEED = 0x5EED
+
+
+class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
+    """Least-squares linear regression trained by fastlin's SGD kernels.
+
+    Fits ``y ≈ X·coef_ᵀ + intercept_`` by minimising the (weighted) mean
+    squared error with :class:`fastlin.SGD`: by default full-batch gradient
+    descent with Nesterov momentum and a step size derived from the data
+    (deterministic; on well-conditioned data it reaches the coefficients of
+    :class:`~sklearn.linear_model.LinearRegression` to about 1e-5), or
+    mini-batch SGD with ``batch_size``.
+
+    Parameters
+    ----------
+    lr : "auto" or float, default="auto"
+        Learning rate.  ``"auto"`` derives it from the data: ``1/L``, where
+        ``L`` is the smoothness of the mean loss over a batch (for the full
+        batch, the largest eigenvalue of its Hessian ``2·XᵀX/(n·n_outputs)``,
+        found by power iteration; for mini-batches the expected smoothness of
+        Gower et al. (2019), which moves towards ``max‖xᵢ‖²`` as the batch
+        shrinks), plus ``weight_decay``.  When the gradients are stochastic
+        (mini-batches, and ``partial_fit``, whose calls see different data)
+        and momentum is on, it is further multiplied by ``1 − momentum``.  A
+        number is used as given.
+        The value used is stored in ``lr_``.
+    momentum : float, default=0.9
+        Momentum factor (>= 0), as in ``torch.optim.SGD``.  Full-batch
+        gradient descent needs about κ epochs to converge on data whose
+        Hessian has condition number κ; with momentum about √κ.  (Like
+        :class:`~sklearn.neural_network.MLPRegressor`, the defaults are
+        Nesterov momentum 0.9.)
+    nesterov : bool, default=True
+        Nesterov momentum; used only when ``momentum > 0``.
+    weight_decay : float, default=0.0
+        L2 penalty (>= 0) added to the gradient as ``weight_decay·coef``, so
+        the objective is the mean squared error (over samples and targets)
+        plus ``weight_decay/2·‖coef‖²``: for one target, the optimum of
+        ``Ridge(alpha=weight_decay·n_samples/2)``.  ``fit`` does not
+        penalise the intercept; ``partial_fit`` does (see Notes).
+    fit_intercept : bool, default=True
+        Learn an intercept.  Without it the data is used as it is.
+    max_iter : int, default=1000
+        Maximum number of epochs (passes over the data).  With the full batch
+        an epoch is one gradient step.
+    batch_size : int or None, default=None
+        Rows per mini-batch; None trains on the full batch (deterministic).
+    shuffle : bool, default=True
+        Visit the mini-batches in a new random order every epoch (ignored for
+        the full batch).
+    tol : float or None, default=1e-6
+        Tolerance of the stopping rule: training stops once
+        ``n_iter_no_change`` epochs in a row made progress of at most
+        ``tol``.  With the full batch, progress is the largest change of a
+        coefficient in the epoch relative to the largest coefficient (the
+        rule of scikit-learn's SAG solver; it also suits momentum, whose loss
+        oscillates).  With mini-batches, whose weights never settle at a
+        constant step, it is how far the epoch's mean loss fell below the
+        best so far, relative to the first epoch's loss.  None trains for
+        exactly ``max_iter`` epochs.  Reaching ``max_iter`` first emits a
+        :class:`~sklearn.exceptions.ConvergenceWarning`.
+    n_iter_no_change : int, default=5
+        Epochs without progress to wait before stopping.
+    device : {"cpu", "cuda", "auto"}, default="cpu"
+        Where training runs (see :class:`fastlin.Linear`).  Predictions are
+        computed on the CPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the mini-batch shuffling.  The full batch uses no randomness.
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_features,) or (n_targets, n_features)
+        Coefficients; 1-D when ``y`` was 1-D.  float32 when X was float32,
+        else float64.
+    intercept_ : float or ndarray of shape (n_targets,)
+        Intercept (0.0 without ``fit_intercept``); a scalar when ``y`` was
+        1-D.
+    n_iter_ : int
+        Number of epochs run (summed over ``partial_fit`` calls).
+    loss_curve_ : list of float
+        Mean training loss of every epoch: the (weighted) MSE, averaged over
+        the targets and over the epoch's batches, each measured before its
+        update.
+    lr_ : float
+        The learning rate used by the last ``fit`` or ``partial_fit`` call.
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of the features, when X had string column names.
+
+    See Also
+    --------
+    fastlin.Linear : the layer this estimator trains.
+    sklearn.linear_model.LinearRegression : the exact least-squares solution.
+    sklearn.linear_model.SGDRegressor : scikit-learn's stochastic regressor.
+
+    Notes
+    -----
+    ``fit`` centres the data and trains the coefficients only, so its
+    intercept is never penalised.  ``partial_fit`` learns the intercept as
+    the weight of an extra column of ones, so ``weight_decay`` shrinks it as
+    ``torch.optim.SGD`` would.  With ``lr="auto"``, ``partial_fit`` derives the
+    learning rate from its first batch and keeps it; pass a number when later
+    batches may be much larger in scale.  ``partial_fit`` keeps the momentum
+    buffers between calls in memory only: a pickled or copied estimator
+    resumes with fresh buffers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlin.sklearn import LinearRegressor
+    >>> X = np.random.default_rng(0).normal(size=(200, 3))
+    >>> y = X @ [1.5, -2.0, 0.5] + 3.0
+    >>> model = LinearRegressor().fit(X, y)
+    >>> np.round(model.coef_, 4), round(model.intercept_, 4)
+    (array([ 1.5, -2. ,  0.5]), 3.0)
+    """
+
+    def __init__(
+        self,
+        *,
+        lr="auto",
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=0.0,
+        fit_intercept=True,
+        max_iter=1000,
+        batch_size=None,
+        shuffle=True,
+        tol=1e-6,
+        n_iter_no_change=5,
+        device="cpu",
+        random_state=None,
+    ):
+        self.lr = lr
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.weight_decay = weight_decay
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.device = device
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------
+    # scikit-learn protocol
+    # ------------------------------------------------------------------
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False  # the kernels take dense arrays
+        return tags
+
+    def __getstate__(self):
+        # The live layer and optimiser hold a backend module and weak
+        # references; only partial_fit's momentum lives there, and it is
+        # rebuilt (fresh) from coef_ and intercept_ when needed.
+        state = super().__getstate__()
+        state.pop("_live", None)
+        return state
+
+    # ------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model by gradient descent on the (weighted) mean squared error.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data; float32 stays float32, anything else numeric
+            becomes float64.  Dense only.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Targets, cast to X's float dtype.
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights, not all zero.  An integer weight k is the
+            same as repeating the row k times.
+
+        Returns
+        -------
+        self : LinearRegressor
+            The fitted estimator.
+
+        Raises
+        ------
+        fastlin.DivergenceError
+            Training diverged (only with a numeric ``lr`` that is too large).
+        """
+        hyper = self._check_params()
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True, reset=True)
+        Y, y_1d = _as_2d_targets(y, X.dtype)
+        weights = _check_weights(sample_weight, X)
+        for name in ("coef_", "intercept_", "n_iter_", "loss_curve_", "lr_", "_live", "_partial_lr", "_rng"):
+            self.__dict__.pop(name, None)
+        # Made first so that an unusable device fails before any work is done.
+        layer = Linear(X.shape[1], Y.shape[1], bias=False, init="zeros", dtype=X.dtype, device=self.device)
+
+        A, T, x_offset, y_offset = _fit_design(X, Y, weights, self.fit_intercept)
+        batch = A.shape[0] if self.batch_size is None else min(self.batch_size, A.shape[0])
+        lr = self._learning_rate(A, T.shape[1], batch, hyper, stochastic=batch < A.shape[0])
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        opt = SGD(lr, momentum=hyper["momentum"], weight_decay=hyper["weight_decay"], nesterov=hyper["nesterov"])
+        stopper = None if self.tol is None else _EarlyStopping(self.tol, self.n_iter_no_change, A.shape[0], batch, layer)
+        history = layer.fit(
+            A, T, epochs=self.max_iter, opt=opt, batch_size=batch, shuffle=self.shuffle, seed=seed, callback=stopper
+        )
+        curve = _epoch_means(history.loss, A.shape[0], batch)
+        if stopper is not None and not history.stopped_early:
+            warnings.warn(
+                f"LinearRegressor did not converge within max_iter={self.max_iter} epochs "
+                f"(progress still above tol={self.tol}); increase max_iter, "
+                "standardise the features (StandardScaler) or raise tol.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+
+        W, _ = layer.numpy()
+        intercept = y_offset - W @ x_offset if self.fit_intercept else np.zeros(W.shape[0], dtype=W.dtype)
+        self._set_coefficients(W, intercept, y_1d)
+        self.n_iter_ = len(curve)
+        self.loss_curve_ = curve
+        self.lr_ = lr
+        return self
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """Run one epoch of SGD on (X, y), continuing from the current state.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            The number of targets must stay the same across calls.
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights, not all zero; scaled to mean 1 within the
+            call.
+
+        Returns
+        -------
+        self : LinearRegressor
+
+        Raises
+        ------
+        fastlin.DivergenceError
+            The step diverged (a numeric ``lr`` too large, or ``lr="auto"``
+            fixed on a first batch much smaller in scale than this one).  The
+            coefficients of the previous call are kept.
+        """
+        hyper = self._check_params()
+        first = not hasattr(self, "coef_")
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True, reset=first)
+        Y, y_1d = _as_2d_targets(y, X.dtype)
+        if not first and Y.shape[1] != self._n_targets():
+            raise ValueError(f"y has {Y.shape[1]} targets but the model was fitted with {self._n_targets()}")
+        weights = _check_weights(sample_weight, X)
+
+        A, T = _partial_design(X, Y, weights, self.fit_intercept)
+        batch = A.shape[0] if self.batch_size is None else min(self.batch_size, A.shape[0])
+        if not isinstance(self.lr, str):
+            lr = float(self.lr)
+        else:  # "auto": derived from the first batch, then kept
+            if getattr(self, "_partial_lr", None) is None:
+                self._partial_lr = self._learning_rate(A, T.shape[1], batch, hyper, stochastic=True)
+            lr = self._partial_lr
+        if getattr(self, "_rng", None) is None:
+            self._rng = check_random_state(self.random_state)
+        seed = int(self._rng.randint(np.iinfo(np.int32).max))
+
+        layer, opt = self._live_state(A.shape[1], T.shape[1], X.dtype, lr, hyper)
+        try:
+            history = layer.fit(A, T, epochs=1, opt=opt, batch_size=batch, shuffle=self.shuffle, seed=seed)
+        except BaseException:
+            # The layer may hold some of this call's steps: start the next
+            # call again from coef_ and intercept_, which are unchanged.
+            del self._live
+            raise
+
+        W, _ = layer.numpy()
+        if self.fit_intercept:
+            W, intercept = W[:, :-1], W[:, -1]
+        else:
+            intercept = np.zeros(W.shape[0], dtype=W.dtype)
+        self._set_coefficients(W, intercept, y_1d if first else self._y_1d)
+        self.n_iter_ = getattr(self, "n_iter_", 0) + 1
+        self.loss_curve_ = getattr(self, "loss_curve_", []) + _epoch_means(history.loss, A.shape[0], batch)
+        self.lr_ = lr
+        return self
+
+    # ------------------------------------------------------------------
+    # prediction
+    # ------------------------------------------------------------------
+    def predict(self, X):
+        """Predict with the fitted linear model, ``X·coef_ᵀ + intercept_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,) or (n_samples, n_targets)
+            1-D when the model was fitted on 1-D y.  float32 when both X and
+            the coefficients are float32, else float64.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        dtype = np.result_type(X.dtype, self.coef_.dtype)
+        W = np.atleast_2d(self.coef_).astype(dtype, copy=False)
+        Y = Linear.from_weights(W, self._intercept_vector(dtype)).forward(X)
+        return Y[:, 0] if self._y_1d else Y
+
+    # score() comes from RegressorMixin: the R² of predict(X) against y.
+
+    # ------------------------------------------------------------------
+    # helpers
+    # ------------------------------------------------------------------
+    def _check_params(self):
+        """Validate the hyper-parameters (at fit time, as scikit-learn asks)."""
+        if not (isinstance(self.lr, str) and self.lr == "auto"):
+            if isinstance(self.lr, str):
+                raise ValueError(f"lr must be 'auto' or a positive number, got {self.lr!r}")
+            _validate.check_real(self.lr, "lr", minimum=0.0, strict=True)
+        # SGD checks momentum, weight_decay and nesterov exactly as torch does
+        # (nesterov is ignored without momentum, as MLPRegressor ignores it).
+        nesterov = _validate.check_bool(self.nesterov, "nesterov")
+        sgd = SGD(1.0, momentum=self.momentum, weight_decay=self.weight_decay)
+        sgd.nesterov = nesterov and sgd.momentum > 0.0
+        _validate.check_bool(self.fit_intercept, "fit_intercept")
+        _validate.check_bool(self.shuffle, "shuffle")
+        _validate.check_int(self.max_iter, "max_iter", 1)
+        _validate.check_int(self.batch_size, "batch_size", 1, allow_none=True)
+        _validate.check_int(self.n_iter_no_change, "n_iter_no_change", 1)
+        if self.tol is not None:
+            _validate.check_real(self.tol, "tol", minimum=0.0)
+        if not isinstance(self.device, str) or self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
+        return {"momentum": sgd.momentum, "weight_decay": sgd.weight_decay, "nesterov": sgd.nesterov}
+
+    def _learning_rate(self, A, n_targets, batch, hyper, stochastic):
+        """``lr`` as given, or 1/L for the design A (see the class docstring)."""
+        if not isinstance(self.lr, str):
+            return float(self.lr)
+        n = A.shape[0]
+        smooth_full = 2.0 * _largest_eigenvalue(A) / (n * n_targets)
+        if batch < n:
+            smooth_max = 2.0 * float(np.einsum("ij,ij->i", A, A).max()) / n_targets
+            smooth = (n * (batch - 1) * smooth_full + (n - batch) * smooth_max) / (batch * (n - 1))
+        else:
+            smooth = smooth_full
+        smooth += hyper["weight_decay"]
+        if not smooth > 0.0:  # X is constant (or a single row): the gradient is zero anyway
+            return 1.0
+        lr = 1.0 / smooth
+        if stochastic and hyper["momentum"] > 0.0:
+            lr *= 1.0 - min(hyper["momentum"], 0.99)
+        return lr
+
+    def _live_state(self, n_inputs, n_targets, dtype, lr, hyper):
+        """partial_fit's layer and optimiser, kept between calls in memory
+        while the shapes, the dtype and the hyper-parameters stay the same."""
+        key = (n_inputs, n_targets, np.dtype(dtype), self.device, lr, hyper["momentum"], hyper["weight_decay"], hyper["nesterov"])
+        live = getattr(self, "_live", None)
+        if live is not None and live[2] == key:
+            return live[0], live[1]
+        if hasattr(self, "coef_"):
+            W = np.atleast_2d(self.coef_).astype(dtype)
+            if self.fit_intercept:
+                W = np.column_stack([W, self._intercept_vector(dtype)])
+        else:
+            W = np.zeros((n_targets, n_inputs), dtype=dtype)
+        layer = Linear.from_weights(W, None, device=self.device)
+        opt = SGD(lr, momentum=hyper["momentum"], weight_decay=hyper["weight_decay"], nesterov=hyper["nesterov"])
+        self._live = (layer, opt, key)
+        return layer, opt
+
+    def _set_coefficients(self, W, intercept, y_1d):
+        self._y_1d = y_1d
+        if y_1d:
+            self.coef_ = W[0].copy()
+            self.intercept_ = float(intercept[0]) if self.fit_intercept else 0.0
+        else:
+            self.coef_ = np.ascontiguousarray(W)
+            self.intercept_ = np.asarray(intercept, dtype=W.dtype).copy() if self.fit_intercept else 0.0
+
+    def _intercept_vector(self, dtype):
+        """intercept_ as an (n_targets,) array (it is 0.0 without an intercept)."""
+        return np.broadcast_to(np.asarray(self.intercept_, dtype=dtype), (self._n_targets(),))
+
+    def _n_targets(self):
+        return 1 if self.coef_.ndim == 1 else self.coef_.shape[0]
+
+
+# ----------------------------------------------------------------------
+# data preparation
+# ----------------------------------------------------------------------
+def _as_2d_targets(y, dtype):
+    """y -> (C-contiguous (n, n_targets) array of ``dtype``, whether y was 1-D)."""
+    y = np.asarray(y)
+    y_1d = y.ndim == 1
+    return np.ascontiguousarray(y.reshape(-1, 1) if y_1d else y, dtype=dtype), y_1d
+
+
+def _check_weights(sample_weight, X):
+    """sample_weight -> float64 (n,) array of non-negative weights, or None."""
+    if sample_weight is None:
+        return None
+    n = X.shape[0]
+    if isinstance(sample_weight, numbers.Number):
+        sample_weight = np.full(n, sample_weight, dtype=np.float64)
+    w = check_array(sample_weight, ensure_2d=False, dtype=np.float64, ensure_non_negative=True, input_name="sample_weight")
+    if w.ndim != 1:
+        raise ValueError(f"sample_weight must be 1-D with shape ({n},), got shape {w.shape}")
+    if w.shape[0] != n:
+        raise ValueError(f"sample_weight has {w.shape[0]} entries but X has {n} samples")
+    if not w.any():
+        raise ValueError("every sample weight is zero; at least one sample needs a positive weight")
+    return w
+
+
+def _row_scales(weights, dtype):
+    """√w' for the rows that carry weight, with w' scaled to mean 1 over them.
+
+    Returns ``(kept_rows, scales)``; kept_rows is None when every row stays.
+    """
+    keep = weights > 0
+    w = weights[keep]
+    scales = np.sqrt(w * (w.shape[0] / w.sum())).astype(dtype)
+    return (None if keep.all() else keep), scales
+
+
+def _fit_design(X, Y, weights, fit_intercept):
+    """The bias-free least-squares problem ``fit`` hands to fastlin.
+
+    Returns ``(A, T, x_offset, y_offset)`` with A (m, n_features) and
+    T (m, n_targets), both new C-contiguous arrays of X's dtype, such that
+    the mean squared error of ``A·Wᵀ − T`` is the weighted MSE of the
+    centred problem.  The offsets are the weighted means (zeros without an
+    intercept).
+    """
+    if weights is None:
+        keep, scales = None, None
+        x_offset = X.mean(axis=0, dtype=np.float64) if fit_intercept else np.zeros(X.shape[1])
+        y_offset = Y.mean(axis=0, dtype=np.float64) if fit_intercept else np.zeros(Y.shape[1])
+    else:
+        keep, scales = _row_scales(weights, X.dtype)
+        if fit_intercept:
+            x_offset = np.average(X, axis=0, weights=weights)
+            y_offset = np.average(Y, axis=0, weights=weights)
+        else:
+            x_offset, y_offset = np.zeros(X.shape[1]), np.zeros(Y.shape[1])
+    if keep is not None:
+        X, Y = X[keep], Y[keep]
+    A = np.subtract(X, x_offset.astype(X.dtype), dtype=X.dtype)
+    T = np.subtract(Y, y_offset.astype(Y.dtype), dtype=Y.dtype)
+    if scales is not None:
+        A *= scales[:, None]
+        T *= scales[:, None]
+    return A, T, x_offset, y_offset
+
+
+def _partial_design(X, Y, weights, fit_intercept):
+    """partial_fit's problem: ``[√w'·X, √w']`` (intercept as the last column's
+    weight) and ``√w'·y``, or the data itself without weights and intercept."""
+    keep, scales = (None, None) if weights is None else _row_scales(weights, X.dtype)
+    if keep is not None:
+        X, Y = X[keep], Y[keep]
+    if fit_intercept:
+        A = np.empty((X.shape[0], X.shape[1] + 1), dtype=X.dtype)
+        A[:, :-1] = X
+        A[:, -1] = 1.0
+    else:
+        A = X if scales is None else X.copy()
+    T = Y if scales is None else Y.copy()
+    if scales is not None:
+        A *= scales[:, None]
+        T *= scales[:, None]
+    return A, T
+
+
+def _largest_eigenvalue(A):
+    """Largest eigenvalue of ``AᵀA`` by power iteration (never forms AᵀA).
+
+    Each iteration reads A twice; the estimate (a Rayleigh quotient) grows
+    towards the eigenvalue from below.  The start vector is fixed, so the
+    result depends on A only.
+    """
+    v = np.random.default_rng(_POWER_SEED).standard_normal(A.shape[1])
+    v = (v / np.linalg.norm(v)).astype(A.dtype)
+    estimate = 0.0
+    for _ in range(_POWER_MAX_ITER):
+        u = A @ v
+        previous, estimate = estimate, float(np.dot(u, u))  # vᵀAᵀAv with ‖v‖ = 1
+        z = A.T @ u
+        norm = float(np.linalg.norm(z))
+        if norm == 0.0 or not math.isfinite(norm):
+            break
+        v = (z / norm).astype(A.dtype, copy=False)
+        if estimate - previous <= _POWER_RTOL * estimate:
+            break
+    return estimate
+
+
+def _epoch_means(step_losses, n_rows, batch):
+    """Per-step batch losses -> the mean loss of each complete epoch.
+
+    An epoch is ``ceil(n_rows / batch)`` steps, the last of them on the
+    remaining rows; each batch's loss is weighted by its row count.
+    """
+    per_epoch = -(-n_rows // batch)
+    sizes = np.full(per_epoch, batch, dtype=np.float64)
+    sizes[-1] = n_rows - batch * (per_epoch - 1)
+    n_epochs = len(step_losses) // per_epoch
+    losses = np.asarray(step_losses[: n_epochs * per_epoch], dtype=np.float64).reshape(n_epochs, per_epoch)
+    return (losses @ sizes / n_rows).tolist()
+
+
+class _EarlyStopping:
+    """``Linear.fit`` callback that ends training at an epoch boundary once
+    ``patience`` epochs in a row made no progress larger than ``tol``.
+
+    Progress of a full-batch epoch (one gradient step) is the largest change
+    of a weight relative to the largest weight, scikit-learn's rule for its
+    SAG solver.  It also works with momentum, whose loss curve oscillates.
+    Mini-batch SGD with a constant step never stops moving its weights, so
+    there progress is the drop of the epoch's mean loss below the best so
+    far, relative to the first epoch's loss.
+    """
+
+    def __init__(self, tol, patience, n_rows, batch, layer):
+        self.tol, self.patience = tol, patience
+        self.n_rows, self.batch = n_rows, batch
+        self.per_epoch = -(-n_rows // batch)
+        self.layer = layer
+        self.previous = layer.numpy()[0] if batch == n_rows else None
+        self.first_loss = None
+        self.best = math.inf
+        self.bad_epochs = 0
+        self.epoch_sum = 0.0
+
+    def __call__(self, step, loss):
+        index = (step - 1) % self.per_epoch
+        size = self.batch if index < self.per_epoch - 1 else self.n_rows - self.batch * (self.per_epoch - 1)
+        self.epoch_sum += loss * size
+        if index < self.per_epoch - 1:
+            return False
+        epoch_loss, self.epoch_sum = self.epoch_sum / self.n_rows, 0.0
+        if self.previous is not None:
+            W = self.layer.numpy()[0]
+            stalled = np.abs(W - self.previous).max() <= self.tol * np.abs(W).max()
+            self.previous = W
+        else:
+            if self.first_loss is None:
+                self.first_loss = epoch_loss
+            stalled = epoch_loss >= self.best - self.tol * self.first_loss
+            self.best = min(self.best, epoch_loss)
+        self.bad_epochs = self.bad_epochs + 1 if stalled else 0
+        return self.bad_epochs >= self.patience

@@ -1,0 +1,432 @@
+"""fastlin.sklearn.LinearRegressor: scikit-learn's own estimator checks, and
+agreement with sklearn.linear_model.LinearRegression (the exact answer)."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn", minversion="1.6", reason="scikit-learn >= 1.6 is not installed (pip install 'fastlin[sklearn]')")
+
+from numpy.testing import assert_allclose  # noqa: E402
+from sklearn.datasets import load_diabetes, make_regression  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.linear_model import LinearRegression  # noqa: E402
+from sklearn.model_selection import GridSearchCV  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import fastlin  # noqa: E402
+from fastlin.sklearn import LinearRegressor  # noqa: E402
+
+
+def well_conditioned(n_samples=400, n_features=8, n_targets=1, noise=5.0, seed=0):
+    """Gaussian features (so XᵀX/n ≈ I after centring), a bias and noise."""
+    X, y = make_regression(
+        n_samples=n_samples, n_features=n_features, n_targets=n_targets, noise=noise, bias=7.0, random_state=seed
+    )
+    return X, y
+
+
+# ----------------------------------------------------------------------
+# scikit-learn's estimator checks: every one must pass, none is expected to
+# fail.  (A few skip themselves when pandas is not installed, or when
+# SCIPY_ARRAY_API=1 is not set before scipy is imported.)
+# ----------------------------------------------------------------------
+# The defaults, plain gradient descent (which needs a looser tol to converge
+# on the checks' unscaled data within max_iter), and heavy-ball momentum with
+# an L2 penalty.
+@parametrize_with_checks(
+    [
+        LinearRegressor(),
+        LinearRegressor(momentum=0.0, tol=1e-4),
+        LinearRegressor(momentum=0.5, nesterov=False, weight_decay=0.1),
+    ]
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+# ----------------------------------------------------------------------
+# agreement with LinearRegression
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize("n_targets", [1, 3])
+def test_default_fit_matches_linear_regression(n_targets):
+    X, y = well_conditioned(n_targets=n_targets)
+    ours = LinearRegressor().fit(X, y)
+    exact = LinearRegression().fit(X, y)
+    assert_allclose(ours.coef_, exact.coef_, rtol=0, atol=1e-4)
+    assert_allclose(ours.intercept_, exact.intercept_, rtol=0, atol=1e-4)
+    assert_allclose(ours.predict(X), exact.predict(X), rtol=0, atol=1e-3)
+    assert ours.n_iter_ < ours.max_iter  # it stopped by the tolerance, not the cap
+
+
+def test_no_intercept_matches_linear_regression():
+    X, y = well_conditioned()
+    ours = LinearRegressor(fit_intercept=False).fit(X, y)
+    exact = LinearRegression(fit_intercept=False).fit(X, y)
+    assert_allclose(ours.coef_, exact.coef_, rtol=0, atol=1e-4)
+    assert ours.intercept_ == 0.0
+
+
+def test_more_features_than_samples_gives_the_minimum_norm_solution():
+    # Gradient descent from zero stays in the row space of X, which is what
+    # makes its limit the minimum-norm solution lstsq returns.
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(20, 40)), rng.normal(size=20)
+    ours = LinearRegressor(tol=1e-9, max_iter=20000).fit(X, y)
+    exact = LinearRegression().fit(X, y)
+    assert_allclose(ours.coef_, exact.coef_, rtol=0, atol=1e-6)
+    assert_allclose(ours.predict(X), y, rtol=0, atol=1e-6)  # it interpolates
+
+
+def test_weight_decay_is_ridge():
+    # The documented objective: MSE + weight_decay/2·‖coef‖², whose optimum
+    # is Ridge's with alpha = weight_decay·Σw/2 (Ridge sums the squares), and
+    # the intercept is not penalised.
+    from sklearn.linear_model import Ridge
+
+    X, y = well_conditioned()
+    w = np.random.default_rng(6).uniform(0.5, 2.0, size=len(X))
+    ours = LinearRegressor(weight_decay=0.5).fit(X, y, sample_weight=w)
+    ridge = Ridge(alpha=0.5 * w.sum() / 2).fit(X, y, sample_weight=w)
+    assert_allclose(ours.coef_, ridge.coef_, rtol=0, atol=1e-4)
+    assert_allclose(ours.intercept_, ridge.intercept_, rtol=0, atol=1e-4)
+    assert np.abs(ours.coef_).max() < np.abs(LinearRegression().fit(X, y, sample_weight=w).coef_).max()
+
+
+def test_float32_input_trains_in_float32():
+    X, y = well_conditioned()
+    ours = LinearRegressor().fit(X.astype(np.float32), y)
+    exact = LinearRegression().fit(X, y)
+    assert ours.coef_.dtype == np.float32
+    assert ours.predict(X.astype(np.float32)).dtype == np.float32
+    assert ours.predict(X).dtype == np.float64  # float64 X is not rounded down
+    assert_allclose(ours.coef_, exact.coef_, rtol=1e-5, atol=1e-4)
+
+
+def test_momentum_does_not_stop_training_early():
+    # With momentum the loss of gradient descent oscillates; the full-batch
+    # stopping rule watches the weights instead, so training goes on to the
+    # optimum.  (Nesterov momentum is the default.)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 6)) * [1, 2, 4, 8, 1, 1]  # condition number ~ 64
+    y = X @ rng.normal(size=6) + rng.normal(scale=0.1, size=300)
+    exact = LinearRegression().fit(X, y)
+    for nesterov in (False, True):
+        ours = LinearRegressor(momentum=0.9, nesterov=nesterov).fit(X, y)
+        assert_allclose(ours.coef_, exact.coef_, rtol=0, atol=1e-3)
+
+
+# ----------------------------------------------------------------------
+# scikit-learn conventions: shapes, attributes, errors
+# ----------------------------------------------------------------------
+def test_shapes_follow_scikit_learn():
+    X, y = well_conditioned(n_samples=50, n_features=4, n_targets=3)
+    one = LinearRegressor().fit(X, y[:, 0])
+    assert one.coef_.shape == (4,) and isinstance(one.intercept_, float)
+    assert one.predict(X).shape == (50,)
+    column = LinearRegressor().fit(X, y[:, :1])
+    assert column.coef_.shape == (1, 4) and column.intercept_.shape == (1,)
+    assert column.predict(X).shape == (50, 1)
+    multi = LinearRegressor().fit(X, y)
+    assert multi.coef_.shape == (3, 4) and multi.intercept_.shape == (3,)
+    assert multi.predict(X).shape == (50, 3)
+    assert multi.n_features_in_ == 4
+    assert len(multi.loss_curve_) == multi.n_iter_ >= 1
+    assert all(isinstance(v, float) for v in multi.loss_curve_)
+
+
+def test_dataframe_feature_names_are_kept():
+    pd = pytest.importorskip("pandas", reason="pandas is not installed")
+    X, y = well_conditioned(n_samples=50, n_features=3)
+    frame = pd.DataFrame(X, columns=["age", "dose", "weight"])
+    model = LinearRegressor().fit(frame, pd.Series(y))
+    assert model.feature_names_in_.tolist() == ["age", "dose", "weight"]
+    assert_allclose(model.predict(frame), LinearRegressor().fit(X, y).predict(X), rtol=1e-12)
+    with pytest.warns(UserWarning, match="feature names"):
+        model.predict(X)  # scikit-learn warns when the names go missing
+
+
+def test_loss_curve_is_the_training_mse():
+    X, y = well_conditioned(n_targets=2)
+    model = LinearRegressor(momentum=0.0).fit(X, y)
+    # The first step starts from zero coefficients and the mean intercept:
+    # its loss is the variance of y (averaged over the targets).
+    assert model.loss_curve_[0] == pytest.approx(np.var(y, axis=0).mean(), rel=1e-12)
+    # Plain full-batch descent at lr = 1/L never increases the loss.
+    assert np.all(np.diff(model.loss_curve_) <= 1e-9 * model.loss_curve_[0])
+    residual = np.mean((model.predict(X) - y) ** 2)
+    assert model.loss_curve_[-1] == pytest.approx(residual, rel=1e-6)
+
+
+def test_predict_before_fit_raises():
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        LinearRegressor().predict(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "params, error",
+    [
+        ({"lr": 0.0}, ValueError),
+        ({"lr": "fast"}, ValueError),
+        ({"momentum": -0.5}, ValueError),
+        ({"nesterov": "yes"}, TypeError),
+        ({"weight_decay": -1.0}, ValueError),
+        ({"max_iter": 0}, ValueError),
+        ({"max_iter": 2.5}, TypeError),
+        ({"batch_size": 0}, ValueError),
+        ({"tol": -1e-3}, ValueError),
+        ({"n_iter_no_change": 0}, ValueError),
+        ({"shuffle": "yes"}, TypeError),
+        ({"device": "tpu"}, ValueError),
+    ],
+)
+def test_bad_hyper_parameters_raise_at_fit(params, error):
+    model = LinearRegressor(**params)  # scikit-learn: never raise in __init__
+    with pytest.raises(error):
+        model.fit(np.ones((4, 2)), np.arange(4.0))
+
+
+def test_nesterov_is_ignored_without_momentum():
+    X, y = well_conditioned()
+    plain = LinearRegressor(momentum=0.0, nesterov=True).fit(X, y)
+    assert plain.n_iter_ > 1
+    assert_allclose(plain.coef_, LinearRegressor(momentum=0.0, nesterov=False).fit(X, y).coef_, rtol=0, atol=0)
+
+
+def test_momentum_needs_fewer_epochs_on_ill_conditioned_data():
+    X, y = load_diabetes(return_X_y=True)  # standardised: condition number ~ 470
+    X = StandardScaler().fit_transform(X)
+    exact = LinearRegression().fit(X, y)
+    default = LinearRegressor().fit(X, y)
+    assert default.n_iter_ < 500
+    assert_allclose(default.coef_, exact.coef_, rtol=0, atol=1e-4 * np.abs(exact.coef_).max())
+    with pytest.warns(ConvergenceWarning):
+        LinearRegressor(momentum=0.0).fit(X, y)  # about κ·log(1/tol) epochs needed
+
+
+@pytest.mark.skipif(fastlin.cuda_available(), reason="this machine has a usable GPU")
+def test_cuda_without_a_gpu_raises_device_error():
+    with pytest.raises(fastlin.DeviceError):
+        LinearRegressor(device="cuda").fit(np.ones((4, 2)), np.arange(4.0))
+
+
+@pytest.mark.skipif(not fastlin.cuda_available(), reason="needs a usable CUDA GPU")
+def test_cuda_fit_matches_cpu():
+    X, y = well_conditioned()
+    cpu = LinearRegressor().fit(X, y)
+    gpu = LinearRegressor(device="cuda").fit(X, y)
+    assert_allclose(gpu.coef_, cpu.coef_, rtol=0, atol=1e-6)
+
+
+def test_diverging_learning_rate_raises_and_leaves_the_model_unfitted():
+    X, y = well_conditioned()
+    model = LinearRegressor(lr=100.0)
+    with pytest.raises(fastlin.DivergenceError):
+        model.fit(X, y)
+    assert not hasattr(model, "coef_")
+
+
+# ----------------------------------------------------------------------
+# sample_weight
+# ----------------------------------------------------------------------
+def test_sample_weight_matches_weighted_linear_regression():
+    X, y = well_conditioned(n_targets=2)
+    w = np.random.default_rng(1).uniform(0.1, 3.0, size=len(X))
+    ours = LinearRegressor().fit(X, y, sample_weight=w)
+    exact = LinearRegression().fit(X, y, sample_weight=w)
+    assert_allclose(ours.coef_, exact.coef_, rtol=0, atol=1e-4)
+    assert_allclose(ours.intercept_, exact.intercept_, rtol=0, atol=1e-4)
+
+
+def test_integer_weights_equal_repeated_rows():
+    X, y = well_conditioned(n_samples=60)
+    w = np.random.default_rng(2).integers(0, 4, size=len(X))
+    weighted = LinearRegressor().fit(X, y, sample_weight=w)
+    repeated = LinearRegressor().fit(np.repeat(X, w, axis=0), np.repeat(y, w))
+    # The same gradient-descent path, not merely the same optimum.
+    assert weighted.n_iter_ == repeated.n_iter_
+    assert_allclose(weighted.loss_curve_, repeated.loss_curve_, rtol=1e-9)
+    assert_allclose(weighted.coef_, repeated.coef_, rtol=1e-9, atol=1e-12)
+
+
+def test_scaling_all_weights_changes_nothing():
+    X, y = well_conditioned(n_samples=80)
+    w = np.random.default_rng(4).uniform(0.5, 2.0, size=len(X))
+    a = LinearRegressor().fit(X, y, sample_weight=w)
+    b = LinearRegressor().fit(X, y, sample_weight=1000.0 * w)
+    assert_allclose(a.coef_, b.coef_, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "weights, match",
+    [
+        (np.zeros(10), "zero"),
+        (-np.ones(10), "Negative"),
+        (np.ones(11), "entries"),
+        (np.ones((10, 2)), "1-D"),
+    ],
+)
+def test_bad_sample_weight_raises(weights, match):
+    X, y = well_conditioned(n_samples=10)
+    with pytest.raises(ValueError, match=match):
+        LinearRegressor().fit(X, y, sample_weight=weights)
+
+
+# ----------------------------------------------------------------------
+# early stopping
+# ----------------------------------------------------------------------
+def test_tol_none_runs_exactly_max_iter_epochs():
+    X, y = well_conditioned()
+    model = LinearRegressor(tol=None, max_iter=37).fit(X, y)
+    assert model.n_iter_ == 37 and len(model.loss_curve_) == 37
+
+
+def test_tighter_tol_trains_longer_and_closer():
+    X, y = well_conditioned()
+    X = X * np.linspace(1.0, 6.0, X.shape[1])  # condition number ~ 36: many steps
+    exact = LinearRegression().fit(X, y)
+    loose = LinearRegressor(tol=1e-3).fit(X, y)
+    tight = LinearRegressor(tol=1e-8, max_iter=5000).fit(X, y)
+    assert loose.n_iter_ < tight.n_iter_ < 5000
+    assert np.abs(tight.coef_ - exact.coef_).max() < np.abs(loose.coef_ - exact.coef_).max()
+
+
+def test_patience_counts_epochs_without_progress():
+    X, y = well_conditioned()
+    X = X * np.linspace(1.0, 6.0, X.shape[1])
+    short = LinearRegressor(momentum=0.0, tol=1e-4, n_iter_no_change=1).fit(X, y)
+    long = LinearRegressor(momentum=0.0, tol=1e-4, n_iter_no_change=20).fit(X, y)
+    # Plain full-batch descent makes steadily less progress: once it falls below
+    # tol it stays there, so waiting k epochs adds k − 1 epochs.
+    assert long.n_iter_ == short.n_iter_ + 19
+
+
+def test_hitting_max_iter_warns():
+    X, y = well_conditioned()
+    X = X * np.linspace(1.0, 6.0, X.shape[1])
+    with pytest.warns(ConvergenceWarning, match="max_iter=5"):
+        model = LinearRegressor(max_iter=5).fit(X, y)
+    assert model.n_iter_ == 5
+
+
+def test_mini_batches_stop_when_the_loss_stalls():
+    X, y = well_conditioned(n_samples=2000, noise=20.0)
+    model = LinearRegressor(batch_size=64, random_state=0).fit(X, y)
+    assert model.n_iter_ < model.max_iter
+    exact = LinearRegression().fit(X, y)
+    # Constant-step SGD hovers around the optimum: close, not exact.
+    assert model.score(X, y) > exact.score(X, y) - 0.01
+
+
+def test_mini_batch_shuffling_follows_random_state():
+    X, y = well_conditioned()
+    a = LinearRegressor(batch_size=16, tol=None, max_iter=3, random_state=1).fit(X, y)
+    b = LinearRegressor(batch_size=16, tol=None, max_iter=3, random_state=1).fit(X, y)
+    c = LinearRegressor(batch_size=16, tol=None, max_iter=3, random_state=2).fit(X, y)
+    assert_allclose(a.coef_, b.coef_, rtol=0, atol=0)
+    assert not np.allclose(a.coef_, c.coef_, rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------
+# partial_fit
+# ----------------------------------------------------------------------
+def test_partial_fit_streams_to_the_least_squares_solution():
+    X, y = well_conditioned(n_samples=600, noise=0.5)
+    exact = LinearRegression().fit(X, y)
+    model = LinearRegressor()
+    for _ in range(20):
+        for chunk in np.array_split(np.arange(len(X)), 6):
+            model.partial_fit(X[chunk], y[chunk])
+    assert model.n_iter_ == 120 and len(model.loss_curve_) == 120
+    assert model.loss_curve_[-1] < 1e-3 * model.loss_curve_[0]
+    # Each call is one step on a different batch: close to the optimum, not on it.
+    assert_allclose(model.coef_, exact.coef_, rtol=0, atol=0.05)
+    assert model.score(X, y) > exact.score(X, y) - 1e-4
+
+
+def test_partial_fit_is_fastlin_sgd_with_momentum_kept_between_calls():
+    X, y = well_conditioned(n_samples=50, n_features=3)
+    model = LinearRegressor(momentum=0.8, nesterov=False)
+    model.partial_fit(X, y).partial_fit(X, y)
+    # The same two steps done by hand: the intercept is the weight of a
+    # column of ones, and one optimiser carries its momentum across them.
+    layer = fastlin.Linear(4, 1, bias=False, init="zeros", dtype=np.float64)
+    opt = fastlin.SGD(model.lr_, momentum=0.8)
+    A = np.column_stack([X, np.ones(len(X))])
+    layer.fit(A, y, epochs=1, opt=opt)
+    layer.fit(A, y, epochs=1, opt=opt)
+    W = layer.weight[0]
+    assert_allclose(model.coef_, W[:3], rtol=1e-12)
+    assert_allclose(model.intercept_, W[3], rtol=1e-12)
+
+
+def test_partial_fit_continues_from_fit():
+    X, y = well_conditioned()
+    model = LinearRegressor().fit(X, y)
+    coef, n_iter = model.coef_.copy(), model.n_iter_
+    model.partial_fit(X, y)
+    assert model.n_iter_ == n_iter + 1
+    assert_allclose(model.coef_, coef, rtol=0, atol=1e-3)  # already at the optimum
+
+
+def test_partial_fit_divergence_keeps_the_previous_coefficients():
+    X, y = well_conditioned(n_samples=64)
+    model = LinearRegressor(batch_size=8, random_state=0).partial_fit(X, y)  # lr="auto" fixed here
+    coef, intercept = model.coef_.copy(), model.intercept_
+    # A batch 1e80 times larger in scale: its first mini-batch step succeeds,
+    # a later one overflows.
+    with pytest.raises(fastlin.DivergenceError):
+        model.partial_fit(1e80 * X, y)
+    assert_allclose(model.coef_, coef, rtol=0, atol=0)
+    assert model.intercept_ == intercept and model.n_iter_ == 1
+    # The next call continues from those coefficients, not from the
+    # half-done epoch's weights.
+    model.partial_fit(X, y)
+    assert np.abs(model.coef_ - coef).max() < 0.5 * np.abs(coef).max()
+    assert model.n_iter_ == 2
+
+
+def test_partial_fit_checks_features_and_targets():
+    X, y = well_conditioned(n_samples=30, n_targets=2)
+    model = LinearRegressor().partial_fit(X, y)
+    with pytest.raises(ValueError, match="features"):
+        model.partial_fit(X[:, :-1], y)
+    with pytest.raises(ValueError, match="targets"):
+        model.partial_fit(X, y[:, 0:1].repeat(3, axis=1))
+
+
+def test_pickled_estimator_predicts_the_same_and_keeps_training():
+    X, y = well_conditioned(n_samples=40)
+    model = LinearRegressor(momentum=0.5).partial_fit(X, y)
+    clone = pickle.loads(pickle.dumps(model))
+    assert_allclose(clone.predict(X), model.predict(X), rtol=0, atol=0)
+    clone.partial_fit(X, y)  # momentum restarts from zero after pickling
+    assert clone.n_iter_ == 2
+
+
+# ----------------------------------------------------------------------
+# in scikit-learn's machinery
+# ----------------------------------------------------------------------
+def test_pipeline_with_standard_scaler_on_diabetes():
+    X, y = load_diabetes(return_X_y=True)
+    ours = make_pipeline(StandardScaler(), LinearRegressor()).fit(X, y)
+    exact = make_pipeline(StandardScaler(), LinearRegression()).fit(X, y)
+    assert_allclose(ours[-1].coef_, exact[-1].coef_, rtol=0, atol=1e-4 * np.abs(exact[-1].coef_).max())
+    assert ours.score(X, y) == pytest.approx(exact.score(X, y), abs=1e-8)
+
+
+def test_grid_search_picks_the_useful_weight_decay():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(120, 5))
+    y = X @ [3.0, -2.0, 1.0, 0.5, 4.0] + rng.normal(scale=0.1, size=120)
+    search = GridSearchCV(LinearRegressor(), {"weight_decay": [0.0, 1.0, 10.0]}, cv=3).fit(X, y)
+    # Almost noiseless data: any L2 penalty only biases the fit.
+    assert search.best_params_ == {"weight_decay": 0.0}
+    scores = search.cv_results_["mean_test_score"]
+    assert scores[0] > scores[1] > scores[2]
+    assert search.best_estimator_.score(X, y) > 0.99
