@@ -41,8 +41,22 @@ def save(model, path):
 def load(path, *, device="cpu"):
     """Read a layer written by :meth:`fastlin.Linear.save`.
 
-    Raises :class:`fastlin.ModelFileError` (a ValueError) when the file is
-    missing, truncated, or not a fastlin model.
+    Parameters
+    ----------
+    path : str or path-like
+    device : {"cpu", "cuda", "auto"}
+        Where to put the loaded layer.
+
+    Returns
+    -------
+    Linear
+        With the saved dtype (float32 or float64) and bias (or none).
+
+    Raises
+    ------
+    ModelFileError
+        (a ValueError) The file is missing (then also a FileNotFoundError),
+        truncated, not a .npz file, or not a fastlin model.
     """
     from .layer import Linear
 

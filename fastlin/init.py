@@ -26,30 +26,36 @@ import numpy as np
 
 
 def uniform01(rng, out_features, in_features):
+    """U[0, 1) for both, like Julia's ``rand`` in the seed post."""
     return rng.random((out_features, in_features)), rng.random(out_features)
 
 
 def kaiming_uniform(rng, out_features, in_features):
+    """He uniform: U(±√(6/in)) for W (ReLU gain √2), zero bias."""
     bound = np.sqrt(6.0 / in_features)
     return rng.uniform(-bound, bound, (out_features, in_features)), np.zeros(out_features)
 
 
 def kaiming_normal(rng, out_features, in_features):
+    """He normal: N(0, 2/in) for W, zero bias."""
     std = np.sqrt(2.0 / in_features)
     return rng.normal(0.0, std, (out_features, in_features)), np.zeros(out_features)
 
 
 def glorot_uniform(rng, out_features, in_features):
+    """Glorot/Xavier uniform: U(±√(6/(in+out))) for W, zero bias."""
     bound = np.sqrt(6.0 / (in_features + out_features))
     return rng.uniform(-bound, bound, (out_features, in_features)), np.zeros(out_features)
 
 
 def glorot_normal(rng, out_features, in_features):
+    """Glorot/Xavier normal: N(0, 2/(in+out)) for W, zero bias."""
     std = np.sqrt(2.0 / (in_features + out_features))
     return rng.normal(0.0, std, (out_features, in_features)), np.zeros(out_features)
 
 
 def torch_default(rng, out_features, in_features):
+    """``torch.nn.Linear``'s default: U(±1/√in) for W and b."""
     # nn.Linear: kaiming_uniform_(a=√5) gives U(±1/√fan_in); the bias uses the same bound.
     bound = 1.0 / np.sqrt(in_features)
     weight = rng.uniform(-bound, bound, (out_features, in_features))
@@ -57,6 +63,7 @@ def torch_default(rng, out_features, in_features):
 
 
 def zeros(rng, out_features, in_features):
+    """All zeros."""
     return np.zeros((out_features, in_features)), np.zeros(out_features)
 
 
@@ -72,7 +79,9 @@ INITIALIZERS = {
 
 
 def get(init):
-    """Look up an initialiser by name (or pass a callable through)."""
+    """The initialiser called ``init`` (see the table above), or ``init``
+    itself when it is a callable ``(rng, out, in) -> (W, b)``; ValueError
+    for an unknown name."""
     if callable(init):
         return init
     try:

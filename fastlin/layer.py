@@ -34,7 +34,16 @@ SEGMENT_SECONDS = 0.1
 
 
 class Gradients(NamedTuple):
-    """Result of :meth:`Linear.gradients`: the loss and dL/dW, dL/db (None without bias)."""
+    """Result of :meth:`Linear.gradients`.
+
+    Attributes
+    ----------
+    loss : float
+    weight : array, shape (out_features, in_features)
+        dL/dW in the layer's dtype, on its device.
+    bias : array, shape (out_features,), or None for a layer without bias
+        dL/db.
+    """
 
     loss: float
     weight: object
@@ -91,11 +100,20 @@ class Linear:
 
     @classmethod
     def from_weights(cls, weight, bias=None, *, device="cpu"):
-        """Build a layer from existing parameters (copied).
+        """Build a layer from existing parameters (copied, never shared).
 
-        ``weight`` (out, in) sets the dtype: float32 stays float32, float64
-        and everything else numeric becomes float64.  ``bias`` (out,) is
-        optional; without it the layer has no bias.
+        Parameters
+        ----------
+        weight : array-like, shape (out_features, in_features)
+            Sets the dtype: float32 stays float32; float64 and any other
+            real dtype (integers included) become float64.  Must be finite.
+        bias : array-like, shape (out_features,), optional
+            Without it the layer has no bias.
+        device : {"cpu", "cuda", "auto"}
+
+        Returns
+        -------
+        Linear
         """
         weight = _host_param(weight, "weight", None)
         if weight.ndim != 2 or weight.size == 0:
@@ -153,26 +171,43 @@ class Linear:
 
     @property
     def has_bias(self):
+        """True when the layer has a bias vector."""
         return self._b is not None
 
     def numpy(self):
-        """Host copies ``(weight, bias)`` (bias is None without bias)."""
+        """Host copies of the parameters.
+
+        Returns
+        -------
+        weight : ndarray, shape (out_features, in_features), the layer's dtype
+        bias : ndarray, shape (out_features,), or None without bias
+        """
         return self._ops.to_host(self._W), None if self._b is None else self._ops.to_host(self._b)
 
     def to(self, device):
-        """Move the parameters to ``device`` ("cpu", "cuda" or "auto"); returns self."""
+        """Move the parameters to ``device`` ("cpu", "cuda" or "auto").
+
+        Returns the layer itself (moved in place, as ``torch.nn.Module.to``).
+        An optimiser's momentum buffers follow at its next step.
+        """
         device = _dispatch.resolve(device, n_params=self.out_features * (self.in_features + 1))
         if device != self.device:
             self._install(device, *self.numpy())
         return self
 
     def copy(self):
-        """An independent copy of the layer, on the same device."""
+        """An independent copy of the layer (same values, dtype and device)."""
         W, b = self.numpy()
         return Linear.from_weights(W, b, device=self.device)
 
     def save(self, path):
-        """Write the layer to ``path`` as a .npz file, atomically."""
+        """Write the layer to ``path`` as a .npz file (read it with :func:`fastlin.load`).
+
+        Atomic: the file is written under a temporary name in the same
+        directory, flushed to disk, then renamed over ``path``, so a crash
+        leaves the old file or none, never a truncated one.  ``path`` is used
+        as given (no ".npz" is appended).
+        """
         from ._io import save
 
         save(self, path)
@@ -210,7 +245,20 @@ class Linear:
     # forward, loss, gradients
     # ------------------------------------------------------------------
     def forward(self, X, *, check_finite=True):
-        """``X·Wᵀ + b``.  X (in,) gives (out,); X (N, in) gives (N, out)."""
+        """The layer's output ``X·Wᵀ + b`` (also ``model(X)``).
+
+        Parameters
+        ----------
+        X : array-like, shape (in_features,) or (N, in_features)
+            Cast to the layer's dtype.
+        check_finite : bool, default True
+            If the output holds NaN/Inf, scan X and raise ValueError when X
+            is to blame (an overflowing but finite X is returned as is).
+
+        Returns
+        -------
+        ndarray, shape (out_features,) or (N, out_features), the layer's dtype
+        """
         X, _, single = self._inputs(X)
         Y = self._ops.forward(self._W, self._bvec, self.has_bias, X)
         if check_finite and not self._ops.all_finite(Y):
@@ -220,7 +268,21 @@ class Linear:
     __call__ = forward
 
     def loss(self, X, T, *, reduction="mean", check_finite=True):
-        """MSE of the layer's prediction for X against T, without storing it."""
+        """Mean squared error of the prediction for X against T, without storing it.
+
+        Parameters
+        ----------
+        X : array-like, shape (in_features,) or (N, in_features)
+        T : array-like, shape (out_features,), (N, out_features), or (N,) when out_features == 1
+        reduction : {"mean", "sum"}
+            The mean over all N·out_features elements, or their sum.
+        check_finite : bool, default True
+            On a NaN/Inf loss, raise ValueError naming X or T if they hold NaN/Inf.
+
+        Returns
+        -------
+        float
+        """
         reduction_sum = _validate.check_reduction(reduction)
         X, n_rows, single = self._inputs(X)
         T = self._targets(T, n_rows, single)
@@ -237,7 +299,14 @@ class Linear:
 
             dW = c · Rᵀ·X      db = c · Σ_rows R
 
-        Returns a :class:`Gradients` ``(loss, weight, bias)``.
+        Parameters are those of :meth:`loss`.
+
+        Returns
+        -------
+        Gradients
+            ``loss`` (float), ``weight`` (out_features, in_features) and
+            ``bias`` (out_features,) or None, in the layer's dtype and on its
+            device.
         """
         reduction_sum = _validate.check_reduction(reduction)
         X, n_rows, single = self._inputs(X)
@@ -252,10 +321,28 @@ class Linear:
     def backward(self, X, dY, *, check_finite=True):
         """Back-propagate an upstream gradient ``dY = dL/dY`` through the layer.
 
-        Returns ``(dX, dW, db)`` with ``dX = dY·W``, ``dW = dYᵀ·X`` and
-        ``db = Σ_rows dY`` (None without bias).  Shapes follow X: one sample
-        (in,) with dY (out,), or a batch (N, in) with dY (N, out).  Nothing
-        is updated; apply the gradients with :meth:`fastlin.SGD.apply`.
+        Nothing is updated; apply the gradients with :meth:`fastlin.SGD.apply`.
+
+        Parameters
+        ----------
+        X : array-like, shape (in_features,) or (N, in_features)
+            The layer's input in the forward pass.
+        dY : array-like, shape (out_features,) or (N, out_features)
+            dL/dY for the layer's output (N, out_features).
+        check_finite : bool, default True
+            If dW comes out NaN/Inf, raise ValueError naming X or dY when
+            they hold NaN/Inf.
+
+        Returns
+        -------
+        dX : ndarray, shape like X
+            ``dY·W``, the gradient for the layer below.
+        dW : ndarray, shape (out_features, in_features)
+            ``dYᵀ·X``.
+        db : ndarray, shape (out_features,), or None without bias
+            ``Σ_rows dY``.
+
+        All in the layer's dtype (sums in float64 inside).
         """
         X, n_rows, single = self._inputs(X)
         dY = self._targets(dY, n_rows, single, name="dY")
@@ -272,9 +359,25 @@ class Linear:
         """One SGD step on the whole of (X, T): forward, loss, gradient and
         update, fused so that X is read once.
 
-        Returns the loss measured before the update.  On NaN/Inf the weights
-        are left untouched and ValueError (bad data) or
-        :class:`fastlin.DivergenceError` is raised.
+        Parameters
+        ----------
+        X, T, reduction, check_finite
+            As for :meth:`loss`.
+        opt : SGD
+            Its momentum buffers for this layer carry over between calls.
+
+        Returns
+        -------
+        float
+            The loss measured before the update.
+
+        Raises
+        ------
+        ValueError
+            X or T holds NaN/Inf (found only when the loss is not finite, so
+            the check costs no extra pass); the weights are untouched.
+        DivergenceError
+            The loss or the update is NaN/Inf; the weights are untouched.
         """
         if not isinstance(opt, SGD):
             raise TypeError(f"opt must be a fastlin.SGD, got {type(opt).__name__}")

@@ -100,18 +100,35 @@ class SGD:
         """Update ``model`` in place from gradients computed elsewhere.
 
         For layers trained through :meth:`fastlin.Linear.backward` (a layer
-        inside a larger model) or gradients summed across machines.  The
-        gradients are dL/dW (out, in) and dL/db (out,), already reduced; a
-        layer with a bias needs ``bias_grad``.  Nothing changes if either
-        holds NaN/Inf (ValueError) or the update would make a weight
-        non-finite (:class:`fastlin.DivergenceError`).
+        inside a larger model) or gradients summed across machines.
+
+        Parameters
+        ----------
+        model : Linear
+        weight_grad : array-like, shape (out_features, in_features)
+            dL/dW, already reduced (any real dtype; used in float64).
+        bias_grad : array-like, shape (out_features,)
+            dL/db; required for a layer with a bias, refused without one.
+
+        Raises
+        ------
+        ValueError
+            A gradient has the wrong shape or holds NaN/Inf.
+        DivergenceError
+            The update would make a weight NaN/Inf.
+
+        In both cases nothing changes.
         """
         from .layer import _apply_gradients
 
         _apply_gradients(model, self, weight_grad, bias_grad)
 
     def hyper(self, reduction_sum, dtype):
-        """The float64 hyper-parameter vector the kernels read (cached)."""
+        """The float64 hyper-parameter vector the kernels read (cached).
+
+        Internal: used by fastlin's layers and backends (layout in
+        :mod:`fastlin.backends.abi`).
+        """
         key = (reduction_sum, dtype)
         hp = self._hyper.get(key)
         if hp is None:
@@ -127,7 +144,10 @@ class SGD:
         return hp
 
     def state_for(self, model, ops):
-        """The momentum state of ``model``, created or moved to its device."""
+        """The momentum state of ``model``, created or moved to its device.
+
+        Internal: used by fastlin's layers and backends.
+        """
         st = self._states.get(model)
         if st is None or (self.momentum and not st.has_buffers()):
             st = _ModelState(ops, model._W.shape, model.out_features, model.dtype, self.momentum)
