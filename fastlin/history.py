@@ -19,8 +19,9 @@ class History:
     seconds : float
         Wall-clock time of the training loop (validation excluded).
     seed : int or None
-        The shuffle seed used (drawn at random when the fit was given none),
-        so a shuffled fit can be repeated exactly.
+        The shuffle seed used (drawn at random when a shuffled fit was given
+        none), so a shuffled fit can be repeated exactly; None when nothing
+        was shuffled and no seed was given.
     stopped_early : bool
         True when the fit's ``callback`` asked it to stop before ``steps``.
     """

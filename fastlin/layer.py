@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from typing import NamedTuple
 
@@ -482,8 +483,11 @@ class Linear:
         batch = n_rows if batch_size is None else min(batch_size, n_rows)
         if steps is None:
             steps = DEFAULT_STEPS if epochs is None else epochs * -(-n_rows // batch)
-        if seed is None or isinstance(seed, np.random.Generator):
-            seed = int(np.random.default_rng(seed).integers(1 << 63))
+        shuffle = shuffle and batch < n_rows  # a full batch has no order to shuffle
+        if shuffle and seed is None:
+            seed = random.getrandbits(63)  # kept in History.seed, to repeat the fit
+        elif isinstance(seed, np.random.Generator):
+            seed = int(seed.integers(1 << 63))
         return _Fit(self, opt, X, T, reduction_sum, batch, shuffle, seed, check_finite).run(steps, log_every, callback, progress)
 
 

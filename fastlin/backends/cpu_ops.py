@@ -254,7 +254,7 @@ class FitPlan:
         self.batch_size = n_rows if batch_size is None else min(batch_size, n_rows)
         # Shuffling a full batch changes nothing but the rounding order.
         self.shuffle = bool(shuffle) and self.batch_size < n_rows
-        self.seed = np.uint64(seed % (1 << 64))
+        self.seed = np.uint64(0 if seed is None else seed % (1 << 64))
         self.perm = np.empty(n_rows if self.shuffle else 0, dtype=np.int64)
         self.gemm = uses_gemm(n_out, n_in)
         self.ws = {}

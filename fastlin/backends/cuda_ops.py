@@ -388,7 +388,7 @@ class FitPlan:
         self.batch_size = n_rows if batch_size is None else min(batch_size, n_rows)
         # Shuffling a full batch changes nothing but the rounding order.
         self.shuffle = bool(shuffle) and self.batch_size < n_rows
-        self.seed = np.uint64(seed % (1 << 64))
+        self.seed = np.uint64(0 if seed is None else seed % (1 << 64))
         self.advance = advance
         self.path = path_for(n_out, n_in)
         n_el = n_params(n_out, n_in)
