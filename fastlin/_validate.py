@@ -57,6 +57,8 @@ def check_dtype_kind(dtype, name):
 def as_host_array(a, name, dtype):
     """Convert array-likes (lists, any numeric dtype, any layout) to a
     C-contiguous numpy array of ``dtype``.  Copies only when needed."""
+    if type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous:
+        return a  # the common case, kept cheap: it is on every call's path
     if isinstance(a, np.ndarray):
         arr = a
     else:

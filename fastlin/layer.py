@@ -503,7 +503,7 @@ class _Fit:
         self.check_finite = check_finite
         self.state = opt.state_for(model, ops)
         self.hp = opt.hyper(reduction_sum, model.dtype)
-        self.plan = ops.fit_plan(X.shape[0], model.out_features, model.in_features, batch, shuffle, seed)
+        self.plan = ops.fit_plan(X.shape[0], model.out_features, model.in_features, batch, shuffle, seed, model.dtype)
         self.work_per_step = batch * model.out_features * model.in_features
         # Bad data found after some updates must undo them.  Only mini-batch
         # fits can get that far: a full batch meets all of the data at step 1.

@@ -36,6 +36,14 @@ def mse_grad(X, T, W, b=None, reduction="mean"):
     return loss, c * R.T @ X, c * R.sum(axis=0)
 
 
+def mse_grad_magnitude(X, T, W, b=None, reduction="mean"):
+    """``c·|R|ᵀ|X|``: dL/dW's sum with every term made positive (for error bounds)."""
+    X, T = f64(X, T)
+    R = forward(X, W, b) - T
+    c = 2.0 if reduction == "sum" else 2.0 / R.size
+    return c * np.abs(R).T @ np.abs(X)
+
+
 def backward(X, dY, W):
     X, dY, W = f64(X, dY, W)
     return dY @ W, dY.T @ X, dY.sum(axis=0)

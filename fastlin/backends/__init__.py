@@ -25,7 +25,7 @@ Each device has two modules with matching names:
         backward(W, X, dY, ws) -> (dX, dW, db)
         fused_step(W, b, has_bias, bufW, bufb, hp, flags, X, T, ws) -> (loss, status)
         sgd_update(W, b, has_bias, bufW, bufb, hp, flags, gW, gb, scale) -> status
-        fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed) -> plan
+        fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed, dtype) -> plan
         fit_steps(W, b, has_bias, bufW, bufb, hp, flags, X, T, plan, losses) -> (done, status)
 
     ``hp``, ``flags`` and the status codes are defined in :mod:`.abi`;

@@ -24,9 +24,11 @@ Determinism
     chunk order.  ``chunk_rows`` depends only on the problem's shape, so the
     result is bit-identical for any number of threads.
 
-Work buffer
-    Reductions take one flat float64 ``work`` array (fewer arguments means a
-    cheaper call from Python), carved up by :func:`_carve`::
+Work buffers
+    Reductions take ``acc`` (C, O, D) in the data's dtype, each chunk's
+    short-run gradient accumulator, and one flat float64 ``work`` array
+    (fewer arguments means a cheaper call from Python), carved up by
+    :func:`_carve`::
 
         [ gW (O·D) | gb (O) | loss_p (C) | gW_p (C·O·D) | gb_p (C·O) ]
 
@@ -75,6 +77,9 @@ from .abi import (
 # before reaching the float64 accumulator: one load/store of the accumulator
 # per GROUP rows, and a vectorisable inner loop.
 GROUP = 4
+# Rows whose gradient contributions are summed in the data's dtype before
+# they are added into the float64 sums (a multiple of GROUP).
+FLUSH_ROWS = 64
 
 
 def work_size(n_out, n_in, n_chunks):
@@ -176,14 +181,20 @@ model_sse, model_sse_parallel = kernel_pair(_model_sse)
 
 
 @kernel
-def _rows_partials(X, T, W, b, rows, use_rows, start, lo, hi, gW, gb):
+def _rows_partials(X, T, W, b, rows, use_rows, start, lo, hi, gW, gb, acc):
     """Loss and gradient sums over batch rows ``lo..hi`` (one chunk).
 
     Row ``k`` of the batch is row ``rows[start + k]`` of X when ``use_rows``
     (a shuffled mini-batch), else row ``start + k``.  Writes ``gW = Σ r·x``
-    and ``gb = Σ r`` with ``r = x·Wᵀ + b − t``, returns ``Σ r²``.  Rows go
-    in groups of ``GROUP``: W's row is loaded once per group, and the group's
-    gradient contribution is summed before it meets the float64 accumulator.
+    and ``gb = Σ r`` (float64) with ``r = x·Wᵀ + b − t``; returns ``Σ r²``.
+
+    How the work is arranged, all measured on tall/tall16 (bench/RESULTS.md):
+
+    * rows go in groups of ``GROUP``, outputs in pairs, so that each load of
+      an X element feeds eight multiply-adds;
+    * the gradient accumulates in ``acc`` (O, D), in the data's dtype, and
+      is added into the float64 ``gW`` every ``FLUSH_ROWS`` rows: few float64
+      conversions, and float32 sums of at most 64 terms.
     """
     n_out, n_in = W.shape
     cast = X.dtype.type
@@ -191,6 +202,7 @@ def _rows_partials(X, T, W, b, rows, use_rows, start, lo, hi, gW, gb):
         gb[o] = 0.0
         for d in range(n_in):
             gW[o, d] = 0.0
+            acc[o, d] = 0.0
     loss = 0.0
     k = lo
     while k + GROUP <= hi:
@@ -199,25 +211,50 @@ def _rows_partials(X, T, W, b, rows, use_rows, start, lo, hi, gW, gb):
         else:
             i0 = start + k
             i1, i2, i3 = i0 + 1, i0 + 2, i0 + 3
-        for o in range(n_out):
-            s0 = s1 = s2 = s3 = cast(0.0)
+        o = 0
+        while o < n_out:
+            p = min(o + 1, n_out - 1)  # the pair (o, p); p == o for a last odd output
+            a0 = a1 = a2 = a3 = c0 = c1 = c2 = c3 = cast(0.0)
             for d in range(n_in):
                 w = W[o, d]
-                s0 += X[i0, d] * w
-                s1 += X[i1, d] * w
-                s2 += X[i2, d] * w
-                s3 += X[i3, d] * w
-            r0 = np.float64(s0) + b[o] - T[i0, o]
-            r1 = np.float64(s1) + b[o] - T[i1, o]
-            r2 = np.float64(s2) + b[o] - T[i2, o]
-            r3 = np.float64(s3) + b[o] - T[i3, o]
+                v = W[p, d]
+                x0, x1, x2, x3 = X[i0, d], X[i1, d], X[i2, d], X[i3, d]
+                a0 += x0 * w
+                a1 += x1 * w
+                a2 += x2 * w
+                a3 += x3 * w
+                c0 += x0 * v
+                c1 += x1 * v
+                c2 += x2 * v
+                c3 += x3 * v
+            r0 = np.float64(a0) + b[o] - T[i0, o]
+            r1 = np.float64(a1) + b[o] - T[i1, o]
+            r2 = np.float64(a2) + b[o] - T[i2, o]
+            r3 = np.float64(a3) + b[o] - T[i3, o]
             loss += r0 * r0 + r1 * r1 + r2 * r2 + r3 * r3
             gb[o] += r0 + r1 + r2 + r3
             f0, f1, f2, f3 = cast(r0), cast(r1), cast(r2), cast(r3)
+            if p == o:
+                for d in range(n_in):
+                    acc[o, d] += f0 * X[i0, d] + f1 * X[i1, d] + f2 * X[i2, d] + f3 * X[i3, d]
+                break
+            q0 = np.float64(c0) + b[p] - T[i0, p]
+            q1 = np.float64(c1) + b[p] - T[i1, p]
+            q2 = np.float64(c2) + b[p] - T[i2, p]
+            q3 = np.float64(c3) + b[p] - T[i3, p]
+            loss += q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3
+            gb[p] += q0 + q1 + q2 + q3
+            e0, e1, e2, e3 = cast(q0), cast(q1), cast(q2), cast(q3)
             for d in range(n_in):
-                gW[o, d] += f0 * X[i0, d] + f1 * X[i1, d] + f2 * X[i2, d] + f3 * X[i3, d]
+                x0, x1, x2, x3 = X[i0, d], X[i1, d], X[i2, d], X[i3, d]
+                acc[o, d] += f0 * x0 + f1 * x1 + f2 * x2 + f3 * x3
+                acc[p, d] += e0 * x0 + e1 * x1 + e2 * x2 + e3 * x3
+            o += 2
         k += GROUP
-    while k < hi:  # the last rows of the chunk, one at a time
+        if (k - lo) % FLUSH_ROWS == 0:
+            _flush(acc, gW)
+    _flush(acc, gW)
+    while k < hi:  # the last rows of the chunk, one at a time, straight into float64
         i = rows[start + k] if use_rows else start + k
         for o in range(n_out):
             r = np.float64(_dot(X, i, W, o)) + b[o] - T[i, o]
@@ -231,7 +268,16 @@ def _rows_partials(X, T, W, b, rows, use_rows, start, lo, hi, gW, gb):
 
 
 @kernel(inline=True)
-def _chunked_sums(X, T, W, b, rows, use_rows, start, n, chunk_rows, gW, gb, loss_p, gW_p, gb_p):
+def _flush(acc, gW):
+    """``gW += acc; acc = 0`` (acc in the data's dtype, gW in float64)."""
+    for o in range(gW.shape[0]):
+        for d in range(gW.shape[1]):
+            gW[o, d] += acc[o, d]
+            acc[o, d] = 0.0
+
+
+@kernel(inline=True)
+def _chunked_sums(X, T, W, b, rows, use_rows, start, n, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc_p):
     """Loss and gradient sums over a batch of ``n`` rows, split in chunks.
 
     Chunk ``c`` fills ``loss_p[c]``, ``gW_p[c]``, ``gb_p[c]`` -- in parallel,
@@ -243,7 +289,7 @@ def _chunked_sums(X, T, W, b, rows, use_rows, start, n, chunk_rows, gW, gb, loss
     for c in prange(n_chunks):
         lo = c * chunk_rows
         hi = min(lo + chunk_rows, n)
-        loss_p[c] = _rows_partials(X, T, W, b, rows, use_rows, start, lo, hi, gW_p[c], gb_p[c])
+        loss_p[c] = _rows_partials(X, T, W, b, rows, use_rows, start, lo, hi, gW_p[c], gb_p[c], acc_p[c])
     loss = 0.0
     for o in range(n_out):
         gb[o] = 0.0
@@ -280,24 +326,24 @@ def residual(Y, T, b, gb):
 # parallel one splits it.  Keeping the chunk machinery out of the serial twin
 # keeps a tiny step at tens of nanoseconds.
 @kernel
-def mse_grad(X, T, W, b, chunk_rows, work, dW, db):
+def mse_grad(X, T, W, b, chunk_rows, work, acc, dW, db):
     """Analytic MSE gradient *sums*: ``dW = Σ (Y−T)ᵀX``, ``db = Σ (Y−T)``.
 
     Returns ``Σ (Y−T)²``.  The caller scales: ``c = 2/(N·O)`` for the mean
     loss, ``c = 2`` for the sum.  ``dW`` (O, D) and ``db`` (O,) are float64.
     """
     no_rows = np.empty(0, dtype=np.int64)
-    return _rows_partials(X, T, W, b, no_rows, False, 0, 0, X.shape[0], dW, db)
+    return _rows_partials(X, T, W, b, no_rows, False, 0, 0, X.shape[0], dW, db, acc[0])
 
 
 @kernel(parallel=True)
-def mse_grad_parallel(X, T, W, b, chunk_rows, work, dW, db):
+def mse_grad_parallel(X, T, W, b, chunk_rows, work, acc, dW, db):
     """:func:`mse_grad` over chunks of ``chunk_rows`` rows, in parallel."""
     n_rows = X.shape[0]
     n_out, n_in = W.shape
     _, _, loss_p, gW_p, gb_p = _carve(work, n_out, n_in, (n_rows + chunk_rows - 1) // chunk_rows)
     no_rows = np.empty(0, dtype=np.int64)
-    return _chunked_sums(X, T, W, b, no_rows, False, 0, n_rows, chunk_rows, dW, db, loss_p, gW_p, gb_p)
+    return _chunked_sums(X, T, W, b, no_rows, False, 0, n_rows, chunk_rows, dW, db, loss_p, gW_p, gb_p, acc)
 
 
 # --------------------------------------------------------------------------
@@ -454,25 +500,25 @@ def _finish_step(sse_, n, W, b, has_bias, gW, gb, bufW, bufb, hp, state):
 
 
 @kernel
-def fused_step(X, T, W, b, has_bias, bufW, bufb, hp, state, chunk_rows, work):
+def fused_step(X, T, W, b, has_bias, bufW, bufb, hp, state, chunk_rows, work, acc):
     """One full-batch SGD step on (X, T), updating W, b (and momentum) in
     place; X is read once.  Returns ``(loss before the update, status)``."""
     n_rows = X.shape[0]
     n_out, n_in = W.shape
     gW, gb, _, _, _ = _carve(work, n_out, n_in, 1)
     no_rows = np.empty(0, dtype=np.int64)
-    sse_ = _rows_partials(X, T, W, b, no_rows, False, 0, 0, n_rows, gW, gb)
+    sse_ = _rows_partials(X, T, W, b, no_rows, False, 0, 0, n_rows, gW, gb, acc[0])
     return _finish_step(sse_, n_rows, W, b, has_bias, gW, gb, bufW, bufb, hp, state)
 
 
 @kernel(parallel=True)
-def fused_step_parallel(X, T, W, b, has_bias, bufW, bufb, hp, state, chunk_rows, work):
+def fused_step_parallel(X, T, W, b, has_bias, bufW, bufb, hp, state, chunk_rows, work, acc):
     """:func:`fused_step` over chunks of ``chunk_rows`` rows, in parallel."""
     n_rows = X.shape[0]
     n_out, n_in = W.shape
     gW, gb, loss_p, gW_p, gb_p = _carve(work, n_out, n_in, (n_rows + chunk_rows - 1) // chunk_rows)
     no_rows = np.empty(0, dtype=np.int64)
-    sse_ = _chunked_sums(X, T, W, b, no_rows, False, 0, n_rows, chunk_rows, gW, gb, loss_p, gW_p, gb_p)
+    sse_ = _chunked_sums(X, T, W, b, no_rows, False, 0, n_rows, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc)
     return _finish_step(sse_, n_rows, W, b, has_bias, gW, gb, bufW, bufb, hp, state)
 
 
@@ -527,7 +573,7 @@ def advance(state, pos, n, n_rows):
 
 
 @kernel
-def fit_steps(X, T, W, b, has_bias, bufW, bufb, hp, state, perm, batch_size, shuffle, seed, chunk_rows, work, losses):
+def fit_steps(X, T, W, b, has_bias, bufW, bufb, hp, state, perm, batch_size, shuffle, seed, chunk_rows, work, acc, losses):
     """Run ``len(losses)`` SGD steps in one call, writing each step's loss.
 
     ``state`` carries (momentum-initialised, epoch, position), so a fit can
@@ -540,7 +586,7 @@ def fit_steps(X, T, W, b, has_bias, bufW, bufb, hp, state, perm, batch_size, shu
     gW, gb, _, _, _ = _carve(work, n_out, n_in, 1)
     for s in range(losses.shape[0]):
         pos, n = next_batch(state, perm, shuffle, seed, batch_size, n_rows)
-        sse_ = _rows_partials(X, T, W, b, perm, shuffle, pos, 0, n, gW, gb)
+        sse_ = _rows_partials(X, T, W, b, perm, shuffle, pos, 0, n, gW, gb, acc[0])
         loss, status = _finish_step(sse_, n, W, b, has_bias, gW, gb, bufW, bufb, hp, state)
         losses[s] = loss
         if status != OK:
@@ -550,14 +596,14 @@ def fit_steps(X, T, W, b, has_bias, bufW, bufb, hp, state, perm, batch_size, shu
 
 
 @kernel(parallel=True)
-def fit_steps_parallel(X, T, W, b, has_bias, bufW, bufb, hp, state, perm, batch_size, shuffle, seed, chunk_rows, work, losses):
+def fit_steps_parallel(X, T, W, b, has_bias, bufW, bufb, hp, state, perm, batch_size, shuffle, seed, chunk_rows, work, acc, losses):
     """:func:`fit_steps` with each batch split in chunks of ``chunk_rows`` rows."""
     n_rows = X.shape[0]
     n_out, n_in = W.shape
     gW, gb, loss_p, gW_p, gb_p = _carve(work, n_out, n_in, (batch_size + chunk_rows - 1) // chunk_rows)
     for s in range(losses.shape[0]):
         pos, n = next_batch(state, perm, shuffle, seed, batch_size, n_rows)
-        sse_ = _chunked_sums(X, T, W, b, perm, shuffle, pos, n, chunk_rows, gW, gb, loss_p, gW_p, gb_p)
+        sse_ = _chunked_sums(X, T, W, b, perm, shuffle, pos, n, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc)
         loss, status = _finish_step(sse_, n, W, b, has_bias, gW, gb, bufW, bufb, hp, state)
         losses[s] = loss
         if status != OK:

@@ -40,8 +40,10 @@ SCRATCH_BYTES = 64 << 20
 # forward() runs its rows in parallel above this many multiply-adds.
 PARALLEL_FORWARD_WORK = 1 << 16
 # The GEMM path takes over from this many outputs (measured: bench/RESULTS.md).
-GEMM_MIN_OUT = 8
+GEMM_MIN_OUT = 32
 GEMM_BLOCK_ROWS = 2048
+# Row counts whose plan and scratch a model keeps (see _scratch).
+SCRATCH_CACHE = 4
 
 
 def _cdiv(a, b):
@@ -68,12 +70,26 @@ def uses_gemm(n_out, n_in):
     return n_out >= GEMM_MIN_OUT
 
 
-def _work(ws, n_out, n_in, n_chunks):
-    size = cpu.work_size(n_out, n_in, n_chunks)
-    work = ws.get(size)
-    if work is None:
-        work = ws[size] = np.empty(size, dtype=np.float64)
-    return work
+def _scratch(ws, n_rows, W):
+    """``(chunk_rows, n_chunks, work, acc)`` for a reduction over ``n_rows``
+    rows: the plan and the kernels' scratch -- the flat float64 ``work`` and
+    the per-chunk accumulators ``acc`` (n_chunks, O, D) in the data's dtype.
+
+    Cached in ``ws`` per row count (the last few), so a repeated step on one
+    shape neither plans nor allocates again.
+    """
+    key = ("scratch", n_rows, W.shape, W.dtype)
+    got = ws.get(key)
+    if got is None:
+        n_out, n_in = W.shape
+        chunk_rows, n_chunks = plan_chunks(n_rows, n_out, n_in)
+        work = np.empty(cpu.work_size(n_out, n_in, n_chunks), dtype=np.float64)
+        acc = np.empty((n_chunks, n_out, n_in), dtype=W.dtype)
+        got = ws[key] = (chunk_rows, n_chunks, work, acc)
+        stale = [k for k in ws if isinstance(k, tuple) and k[0] == "scratch"][:-SCRATCH_CACHE]
+        for k in stale:
+            del ws[k]
+    return got
 
 
 def _buffer(ws, key, shape, dtype):
@@ -205,12 +221,11 @@ def mse_grad(W, b, has_bias, X, T, scale, ws, dtype=None):
     if uses_gemm(n_out, n_in):
         loss, dW, db = _gemm_sums(W, b, X, T, ws)
     else:
-        chunk_rows, n_chunks = plan_chunks(X.shape[0], n_out, n_in)
-        work = _work(ws, n_out, n_in, n_chunks)
+        chunk_rows, n_chunks, work, acc = _scratch(ws, X.shape[0], W)
         dW = np.empty((n_out, n_in), dtype=np.float64)
         db = np.empty(n_out, dtype=np.float64)
         kernel = cpu.mse_grad_parallel if n_chunks > 1 else cpu.mse_grad
-        loss = kernel(X, T, W, b, chunk_rows, work, dW, db)
+        loss = kernel(X, T, W, b, chunk_rows, work, acc, dW, db)
     dtype = W.dtype if dtype is None else dtype
     return float(loss), (scale * dW).astype(dtype, copy=False), (scale * db).astype(dtype, copy=False)
 
@@ -218,8 +233,7 @@ def mse_grad(W, b, has_bias, X, T, scale, ws, dtype=None):
 def backward(W, X, dY, ws):
     """Returns ``(dX, dW, db)`` in the parameters' dtype (float64 sums inside)."""
     n_out, n_in = W.shape
-    chunk_rows, n_chunks = plan_chunks(X.shape[0], n_out, n_in)
-    work = _work(ws, n_out, n_in, n_chunks)
+    chunk_rows, n_chunks, work, _ = _scratch(ws, X.shape[0], W)
     dX = np.empty(X.shape, dtype=W.dtype)
     dW = np.empty((n_out, n_in), dtype=np.float64)
     db = np.empty(n_out, dtype=np.float64)
@@ -233,10 +247,9 @@ def fused_step(W, b, has_bias, bufW, bufb, hp, state, X, T, ws):
     n_out, n_in = W.shape
     if uses_gemm(n_out, n_in):
         return _gemm_step(W, b, has_bias, bufW, bufb, hp, state, X, T, ws)
-    chunk_rows, n_chunks = plan_chunks(X.shape[0], n_out, n_in)
-    work = _work(ws, n_out, n_in, n_chunks)
+    chunk_rows, n_chunks, work, acc = _scratch(ws, X.shape[0], W)
     kernel = cpu.fused_step_parallel if n_chunks > 1 else cpu.fused_step
-    loss, status = kernel(X, T, W, b, has_bias, bufW, bufb, hp, state, chunk_rows, work)
+    loss, status = kernel(X, T, W, b, has_bias, bufW, bufb, hp, state, chunk_rows, work, acc)
     return float(loss), int(status)
 
 
@@ -250,7 +263,7 @@ def sgd_update(W, b, has_bias, bufW, bufb, hp, flags, gW, gb, scale):
 class FitPlan:
     """What a fit keeps between its segments: batch size, shuffle order, scratch."""
 
-    def __init__(self, n_rows, n_out, n_in, batch_size, shuffle, seed):
+    def __init__(self, n_rows, n_out, n_in, batch_size, shuffle, seed, dtype):
         self.batch_size = n_rows if batch_size is None else min(batch_size, n_rows)
         # Shuffling a full batch changes nothing but the rounding order.
         self.shuffle = bool(shuffle) and self.batch_size < n_rows
@@ -259,12 +272,15 @@ class FitPlan:
         self.gemm = uses_gemm(n_out, n_in)
         self.ws = {}
         self.chunk_rows, n_chunks = plan_chunks(self.batch_size, n_out, n_in)
-        self.work = np.empty(0 if self.gemm else cpu.work_size(n_out, n_in, n_chunks), dtype=np.float64)
+        if self.gemm:
+            n_chunks = 0  # no kernel scratch on the GEMM path
+        self.work = np.empty(cpu.work_size(n_out, n_in, n_chunks), dtype=np.float64)
+        self.acc = np.empty((n_chunks, n_out, n_in), dtype=dtype)
         self.kernel = cpu.fit_steps_parallel if n_chunks > 1 else cpu.fit_steps
 
 
-def fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed):
-    return FitPlan(n_rows, n_out, n_in, batch_size, shuffle, seed)
+def fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed, dtype):
+    return FitPlan(n_rows, n_out, n_in, batch_size, shuffle, seed, dtype)
 
 
 def fit_steps(W, b, has_bias, bufW, bufb, hp, state, X, T, plan, losses):
@@ -273,7 +289,7 @@ def fit_steps(W, b, has_bias, bufW, bufb, hp, state, X, T, plan, losses):
         return _gemm_fit_steps(W, b, has_bias, bufW, bufb, hp, state, X, T, plan, losses)
     done, status = plan.kernel(
         X, T, W, b, has_bias, bufW, bufb, hp, state,
-        plan.perm, plan.batch_size, plan.shuffle, plan.seed, plan.chunk_rows, plan.work, losses,
+        plan.perm, plan.batch_size, plan.shuffle, plan.seed, plan.chunk_rows, plan.work, plan.acc, losses,
     )
     return int(done), int(status)
 

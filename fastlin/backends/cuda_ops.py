@@ -466,7 +466,8 @@ class FitPlan:
         _launch(K.update_apply, grid, K.TPB)(W, b, bufW, bufb, hp, self.state, self.cfg, self.scratch, False)
 
 
-def fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed):
+def fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed, dtype=None):
+    """A fit's plan; ``dtype`` is part of the interface (the CPU sizes scratch by it)."""
     return FitPlan(n_rows, n_out, n_in, batch_size, shuffle, seed)
 
 
