@@ -4,10 +4,30 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def _log_to_stdout():
+    """Show the "fastlin" logger's INFO lines on stdout, Julia-style, for the
+    duration; the root logger and other handlers are left alone."""
+    logger = logging.getLogger("fastlin")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[ Info: %(message)s"))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def demo(args):
@@ -20,14 +40,14 @@ def demo(args):
     """
     import fastlin
 
-    logging.basicConfig(level=logging.INFO, format="[ Info: %(message)s", stream=sys.stdout, force=True)
     rng = np.random.default_rng(args.seed)
     # Julia's rand() is uniform on [0, 1) in Float64.
     model = fastlin.Linear(5, 2, init="uniform01", dtype=np.float64, device=args.device, seed=rng)
     x, y = rng.random(5), rng.random(2)
     print(f"fastlin demo: y = W*x .+ b with W = rand(2,5), b = rand(2), x = rand(5), y = rand(2) (seed {args.seed})")
     print(f"training {args.steps} steps of SGD (lr={args.lr}) on the sum of squared errors, on {model.device}")
-    history = model.fit(x, y, steps=args.steps, lr=args.lr, reduction="sum", log_every=1)
+    with _log_to_stdout():
+        history = model.fit(x, y, steps=args.steps, lr=args.lr, reduction="sum", log_every=1)
     final = model.loss(x, y, reduction="sum")
     first = history.loss[0] if len(history) else final
     print(f"final loss: {final:.6g} (step 1: {first:.6g})")
