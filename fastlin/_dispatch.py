@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 
 from ._errors import DeviceError
 
@@ -26,6 +27,14 @@ def cuda_unavailable_reason():
     """None when CUDA kernels can run here (a GPU, or numba's simulator under
     ``NUMBA_ENABLE_CUDASIM=1``), else a sentence saying why not: numba-cuda
     missing, no driver or device, or no NVVM to compile kernels with."""
+    try:
+        missing = importlib.util.find_spec("numba_cuda") is None
+    except (ImportError, ValueError) as exc:
+        return f"numba-cuda is not importable ({exc}); {_INSTALL_HINT}"
+    if missing:
+        # numba's own, deprecated CUDA target may still import, but fastlin's
+        # kernels are written for (and tested with) the numba-cuda package.
+        return f"numba-cuda is not importable (not installed; numba's built-in CUDA target is not supported); {_INSTALL_HINT}"
     try:
         from numba import cuda
         from numba.cuda import config

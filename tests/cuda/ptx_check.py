@@ -43,6 +43,17 @@ def signatures(dtype):
 
 
 def main(cc=(9, 0)):
+    import importlib.util
+
+    try:
+        missing = importlib.util.find_spec("numba_cuda") is None
+    except ImportError:
+        missing = True
+    if missing:
+        # numba's own deprecated CUDA target may import (and find a system
+        # toolkit), but fastlin's kernels are written for numba-cuda.
+        print("numba-cuda is not installed (numba's built-in CUDA target is not supported)")
+        return 3
     try:
         import numba.cuda
         import numba.cuda.dispatcher as dispatcher
