@@ -19,6 +19,8 @@ import os
 import platform
 
 import pytest
+
+from fastlin._roofline import format_seconds
 from cases import CASES
 from hardware import (
     HardwareLimits,
@@ -242,15 +244,6 @@ def _expose_hardware(request, hardware):
     _HARDWARE[0] = hardware
 
 
-def _fmt_time(s):
-    if s is None:
-        return "–"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if s >= scale:
-            return f"{s / scale:.3g} {unit}"
-    return f"{s / 1e-9:.3g} ns"
-
-
 def summary_rows():
     """Rows (group, library, median, fraction, speed-up vs best peer, best peer) of this run."""
     rows = []
@@ -293,5 +286,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for group, library, median, fraction, speedup, best in rows:
         pct = "–" if fraction is None else f"{100 * fraction:.0f}%"
         sp = "–" if speedup is None else f"{speedup:.2f}×"
-        tr.write_line(f"{group:<12} {library:<18} {_fmt_time(median):>10} {pct:>8} {sp:>12}  {best or ''}")
+        tr.write_line(f"{group:<12} {library:<18} {format_seconds(median):>10} {pct:>8} {sp:>12}  {best or ''}")
 

@@ -12,14 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-
-def _fmt(seconds):
-    if seconds is None:
-        return "–"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds / 1e-9:.3g} ns"
+from fastlin._roofline import format_seconds
 
 
 def rows(data):
@@ -51,7 +44,7 @@ def main(path):
         gb = "–" if gbps is None else f"{gbps:.0f}"
         g = "" if vs_graph is None else f"{vs_graph:.2f}×"
         e = "" if vs_eager is None else f"{vs_eager:.2f}×"
-        print(f"{group:<20} {library:<17} {_fmt(per_step):>10} {pct:>6} {gb:>7} {g:>8} {e:>8}")
+        print(f"{group:<20} {library:<17} {format_seconds(per_step):>10} {pct:>6} {gb:>7} {g:>8} {e:>8}")
     return 0
 
 

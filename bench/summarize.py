@@ -20,16 +20,9 @@ import statistics
 import sys
 from collections import defaultdict
 
+from fastlin._roofline import format_seconds
+
 ORDER = ("fastlin-cpu-1t", "fastlin-cpu", "fastlin-cuda", "numpy", "torch", "torch-cuda", "torch-cuda-graph", "jax")
-
-
-def _fmt_time(s):
-    if s is None:
-        return "–"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if s >= scale:
-            return f"{s / scale:.3g} {unit}"
-    return f"{s * 1e9:.3g} ns"
 
 
 def _load(paths):
@@ -107,7 +100,7 @@ def markdown(paths):
                 vs_best = f"{best:.2f}× ({min(d['vs_best']):.2f}–{max(d['vs_best']):.2f}; {'/'.join(names)})"
             else:
                 vs_best = "–"
-            cells = [lib, _fmt_time(med), frac, vs_best]
+            cells = [lib, format_seconds(med), frac, vs_best]
             for p in peers:
                 vals = d.get(f"vs:{p}")
                 cells.append(f"{statistics.median(vals):.2f}×" if vals else "–")
@@ -142,7 +135,7 @@ def targets(paths, library="fastlin-cpu"):
         v = statistics.median(vals)
         if metric == "median":
             ok = v <= threshold
-            shown, gap = _fmt_time(v), f"{v / threshold:.1f}× too slow" if not ok else "–"
+            shown, gap = format_seconds(v), f"{v / threshold:.1f}× too slow" if not ok else "–"
         elif metric == "fraction":
             ok = v >= threshold
             shown, gap = f"{100 * v:.0f}%", f"{100 * (threshold - v):.0f} points short" if not ok else "–"

@@ -32,6 +32,16 @@ import numpy as np
 _read_kernel = None
 
 
+def format_seconds(seconds):
+    """A duration with 3 significant digits and a unit ("–" for None)."""
+    if seconds is None:
+        return "–"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds * 1e9:.3g} ns"
+
+
 def _compile_read_kernel():
     """A parallel float32 sum: each chunk reads its rows once, in order."""
     global _read_kernel

@@ -280,7 +280,7 @@ def _fill_limits(report):
 
 def _progress_line(row):
     r0 = row[0]
-    times = ", ".join(f"{r.backend} {_fmt_time(r.seconds) if r.seconds else 'error'}" for r in row)
+    times = ", ".join(f"{r.backend} {_roofline.format_seconds(r.seconds) if r.seconds else 'error'}" for r in row)
     return f"  N={r0.n_rows:,} {r0.n_in}→{r0.n_out}: {times}"
 
 
@@ -348,15 +348,6 @@ def crossovers(report):
 # --------------------------------------------------------------------------
 # output
 # --------------------------------------------------------------------------
-def _fmt_time(s):
-    if s is None:
-        return "–"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if s >= scale:
-            return f"{s / scale:.3g} {unit}"
-    return f"{s * 1e9:.3g} ns"
-
-
 COLUMNS = ("D→O", "N", "backend", "time/step", "× numpy", "% of limit")
 
 
@@ -369,7 +360,7 @@ def table_rows(report):
                 f"{r.n_in}→{r.n_out}",
                 f"{r.n_rows:,}",
                 r.backend,
-                "error" if r.error else _fmt_time(r.seconds),
+                "error" if r.error else _roofline.format_seconds(r.seconds),
                 "–" if r.speedup_vs_numpy is None else f"{r.speedup_vs_numpy:.2f}×",
                 "–" if r.fraction_of_limit is None else f"{100 * r.fraction_of_limit:.0f}%",
             )
