@@ -4,9 +4,9 @@ Every ``@njit`` kernel in fastlin goes through :func:`kernel`, so caching, the
 floating-point flags and the error model are set here and nowhere else.
 
 Fast math
-    Full ``fastmath=True`` lets LLVM assume that no value is NaN or Inf, which
-    silently breaks the finiteness checks the fused step relies on (numba
-    issue #2919).  We enable only the flags that keep NaN/Inf semantics:
+    Full fast math (``fastmath`` set to ``True``) lets LLVM assume that no
+    value is NaN or Inf, which silently breaks the finiteness checks the
+    fused step relies on (numba issue #2919).  We enable only the flags that keep NaN/Inf semantics:
     ``reassoc`` (lets LLVM vectorise float reductions), ``contract`` (FMA),
     ``nsz`` and ``arcp``.  Reassociation changes rounding, but it is decided at
     compile time, so results still do not depend on the thread count.

@@ -12,10 +12,10 @@ Shapes and conventions
 
 Accuracy
     A dot product ``x·w`` over one row is formed in the data's dtype (as BLAS
-    does), and so is one gradient contribution summed over a group of
-    ``GROUP`` rows.  Everything longer -- residuals, the loss, the gradient
-    sums over many rows, the reduction across chunks -- accumulates in
-    float64.  Over 10^7 float32 rows the loss stays within 1e-6 of a float64
+    does), and so are gradient contributions summed over up to
+    ``FLUSH_ROWS`` rows.  Everything longer -- residuals, the loss, the
+    gradient sums over many rows, the reduction across chunks -- accumulates
+    in float64.  Over 10^7 float32 rows the loss stays within 1e-6 of a float64
     reference; a float32 accumulator drifts by ~10%.
 
 Determinism
@@ -32,10 +32,9 @@ Work buffers
 
         [ gW (O·D) | gb (O) | loss_p (C) | gW_p (C·O·D) | gb_p (C·O) ]
 
-    ``gW``/``gb`` hold a batch's gradient sums, the ``_p`` arrays each
-    chunk's partial sums.
-
-    where C is the number of chunks.  ``work_size`` gives its length.
+    where C is the number of chunks: ``gW``/``gb`` hold a batch's gradient
+    sums, the ``_p`` arrays each chunk's partial sums.  ``work_size`` gives
+    its length.
 
 SGD hyper-parameters
     ``hp`` is a float64 vector indexed by ``abi.HP_*``.  The update is
@@ -73,9 +72,8 @@ from .abi import (
 )
 
 
-# Rows whose gradient contributions are summed together in the data's dtype
-# before reaching the float64 accumulator: one load/store of the accumulator
-# per GROUP rows, and a vectorisable inner loop.
+# Rows processed together: each load of a weight and of an X element then
+# feeds several multiply-adds, and the inner loops vectorise.
 GROUP = 4
 # Rows whose gradient contributions are summed in the data's dtype before
 # they are added into the float64 sums (a multiple of GROUP).
