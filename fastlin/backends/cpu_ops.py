@@ -150,8 +150,11 @@ def _gemm_sums(W, b, X, T, ws, rows=None, start=0, n=None, grad=True):
     if rows is not None:
         Xg = _buffer(ws, "gemm_X", (block, n_in), W.dtype)
         Tg = _buffer(ws, "gemm_T", (block, n_out), W.dtype)
-    gW = np.zeros((n_out, n_in))
-    gb = np.zeros(n_out)
+    # float64 sums, reused across steps (wide: 2 MiB that a step used to allocate)
+    gW = _buffer(ws, "gemm_gW", (n_out, n_in), np.float64)
+    gb = _buffer(ws, "gemm_gb", (n_out,), np.float64)
+    gW.fill(0.0)
+    gb.fill(0.0)
     sse = 0.0
     WT = W.T
     for lo in range(start, start + n, block):
