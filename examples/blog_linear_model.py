@@ -23,10 +23,10 @@ import fastlin
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100, help="loop iterations (the post: 100)")
-    parser.add_argument("--lr", type=float, default=0.02, help="the learning rate α (the post does not give one)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=100, help="loop iterations (default 100, as in the post)")
+    parser.add_argument("--lr", type=float, default=0.02, help="the learning rate α (default 0.02; the post does not give one)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of W, b, x and y (default 0)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     α = args.lr
@@ -41,7 +41,7 @@ def main(argv=None):
     opt = fastlin.SGD(lr=α)
     no_bias_step = np.zeros(2)
     first = None
-    for a in range(1, args.steps + 1):                                           # for a in collect(1:100)
+    for a in range(1, args.steps + 1):  # noqa: B007                             # for a in collect(1:100)
         gs = model.gradients(x, y, reduction="sum")                              #   gs = gradient(() -> loss(x, y), Params([W, b]))
         W̄ = gs.weight                                                            #   W̄ = gs[W]
         opt.apply(model, W̄, no_bias_step)                                        #   W .-= α .* W̄

@@ -54,13 +54,13 @@ def report(name, per_step, X, history):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--features", type=int, default=128)
-    parser.add_argument("--outputs", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000, help="rows N of X (default 100000)")
+    parser.add_argument("--features", type=int, default=128, help="input features D (default 128)")
+    parser.add_argument("--outputs", type=int, default=8, help="outputs O of the layer (default 8)")
+    parser.add_argument("--steps", type=int, default=20, help="timed full-batch SGD steps per device (default 20)")
+    parser.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data (default 0)")
     args = parser.parse_args(argv)
 
     X, T = make_data(args.rows, args.features, args.outputs, args.seed)
@@ -70,11 +70,9 @@ def main(argv=None):
     cpu_step, cpu_weight, cpu_history = timed_fit("cpu", X, T, args.steps, args.lr)
     report("cpu", cpu_step, X, cpu_history)
 
-    if not fastlin.cuda_available():
-        try:
-            fastlin.Linear(1, 1, device="cuda")
-        except fastlin.DeviceError as exc:
-            print(f"gpu: skipped. {exc}")
+    reason = fastlin.cuda_unavailable_reason()
+    if reason is not None:
+        print(f"gpu: skipped: {reason}")
         return 0
 
     from numba import cuda

@@ -64,12 +64,12 @@ def finite_difference_check(layer1, layer2, X, T, eps=1e-6):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2000, help="SGD steps (default 2000)")
     parser.add_argument("--rows", type=int, default=256, help="training rows (default 256)")
     parser.add_argument("--hidden", type=int, default=16, help="hidden units (default 16)")
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=0.1, help="learning rate of both layers, with momentum 0.9 (default 0.1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the initial weights (default 0)")
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)

@@ -10,7 +10,7 @@ True
 """
 
 from . import init
-from ._dispatch import cuda_available
+from ._dispatch import cuda_available, cuda_unavailable_reason
 from ._errors import DeviceError, DivergenceError, ModelFileError
 from ._io import load
 from .history import History
@@ -29,6 +29,7 @@ __all__ = [
     "ModelFileError",
     "SGD",
     "cuda_available",
+    "cuda_unavailable_reason",
     "init",
     "load",
     "mse_loss",

@@ -1,18 +1,32 @@
 """Command line: ``python -m fastlin demo`` and ``python -m fastlin compare``
-(and ``fastlin demo`` / ``fastlin compare`` once installed)."""
+(and ``fastlin demo`` / ``fastlin compare`` once installed).
+
+User errors (a bad argument, an output path that cannot be written, a
+missing optional package) are found before any work starts and reported as
+one line on stderr with exit status 2, never as a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
+import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from . import __version__
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for, found before the work: one line, exit 2."""
+
 
 @contextlib.contextmanager
-def _log_to_stdout():
+def _log_to_stdout() -> Iterator[None]:
     """Show the "fastlin" logger's INFO lines on stdout, Julia-style, for the
     duration; the root logger and other handlers are left alone."""
     logger = logging.getLogger("fastlin")
@@ -30,7 +44,38 @@ def _log_to_stdout():
         logger.propagate = saved[1]
 
 
-def demo(args):
+def check_output_file(path: str, what: str) -> Path:
+    """Raise UsageError unless a file can be written at ``path`` (nothing is created)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UsageError(f"{what} {path!r} is a directory; give a file name such as {os.path.join(path, 'loss.png')!r}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {what} {path!r}: the directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(f"cannot write {what} {path!r}: permission denied")
+    return p
+
+
+def check_plot_file(path: str) -> None:
+    """The checks ``--plot PATH`` needs before training: matplotlib, the
+    directory, and a file type matplotlib can write."""
+    check_output_file(path, "the plot")
+    try:
+        from ._plot import pyplot
+
+        pyplot()
+    except ImportError as exc:
+        raise UsageError(f"--plot: {exc}") from None
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    types = FigureCanvasBase.get_supported_filetypes()
+    if suffix and suffix not in types:
+        raise UsageError(f"--plot: matplotlib cannot write .{suffix} files; use one of: {', '.join('.' + t for t in sorted(types))}")
+
+
+def demo(args: argparse.Namespace) -> int:
     """The seed post's experiment, step for step.
 
     Julia::
@@ -38,7 +83,10 @@ def demo(args):
         W = rand(2,5); b = rand(2); x, y = rand(5), rand(2)
         for a in 1:100  ...  W .-= α .* W̄ ...  @info sum((y-ŷ).^2)  end
     """
+    if args.plot:
+        check_plot_file(args.plot)
     import fastlin
+    from fastlin.history import LOSS_GREW_FACTOR
 
     rng = np.random.default_rng(args.seed)
     # Julia's rand() is uniform on [0, 1) in Float64.
@@ -46,30 +94,50 @@ def demo(args):
     x, y = rng.random(5), rng.random(2)
     print(f"fastlin demo: y = W*x .+ b with W = rand(2,5), b = rand(2), x = rand(5), y = rand(2) (seed {args.seed})")
     print(f"training {args.steps} steps of SGD (lr={args.lr}) on the sum of squared errors, on {model.device}")
+    print("(each step's loss is measured before that step's update)")
     with _log_to_stdout():
         history = model.fit(x, y, steps=args.steps, lr=args.lr, reduction="sum", log_every=1)
     final = model.loss(x, y, reduction="sum")
-    first = history.loss[0] if len(history) else final
-    print(f"final loss: {final:.6g} (step 1: {first:.6g})")
+    first = float(history.loss[0]) if len(history) else final
+    print(f"final loss: {final:.6g} (after the last update; {first:.6g} before training)")
+    status = 0
+    if history.loss_grew or final > LOSS_GREW_FACTOR * first:
+        print(
+            f"warning: the loss grew from {first:.3g} to {final:.3g}: the learning rate (--lr {args.lr:g}) "
+            f"is probably too large; try a smaller one (the default is {DEMO_LR})",
+            file=sys.stderr,
+        )
+        status = 1
     if args.plot:
         history.plot(path=args.plot, log=True, title="fastlin demo: loss per step")
         print(f"loss curve written to {args.plot}")
-    return 0
+    return status
 
 
-def compare(args):
+def compare(args: argparse.Namespace) -> int:
     """``python -m fastlin compare``: the heavy imports happen only here."""
     from . import compare as _compare
 
-    return _compare.main(args)
+    return int(_compare.main(args))
 
 
 # The names of fastlin._peers.BACKENDS, spelled out so that building the parser
 # imports nothing (tests/test_compare.py checks that they agree).
 COMPARE_BACKENDS = ("fastlin-cpu-1t", "fastlin-cpu", "fastlin-cuda", "numpy", "torch", "torch-cuda", "torch-cuda-graph", "jax")
+DEMO_LR = 0.02
 
 
-def _int_list(text):
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
     try:
         values = [int(float(v)) for v in text.replace("_", "").split(",") if v.strip()]
     except ValueError:
@@ -79,7 +147,7 @@ def _int_list(text):
     return values
 
 
-def _shape_list(text):
+def _shape_list(text: str) -> list[tuple[int, int]]:
     shapes = []
     for part in text.split(","):
         try:
@@ -92,7 +160,7 @@ def _shape_list(text):
     return shapes
 
 
-def _backend_list(text):
+def _backend_list(text: str) -> list[str]:
     names = [b.strip() for b in text.split(",") if b.strip()]
     unknown = [b for b in names if b not in COMPARE_BACKENDS]
     if unknown or not names:
@@ -100,46 +168,83 @@ def _backend_list(text):
     return names
 
 
-def _compare_arguments(p):
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a small grid and short timings (a smoke test, not for decisions)")
     p.add_argument("--sizes", type=_int_list, help="numbers of rows N, comma-separated (default 100,1000,...,1000000)")
     p.add_argument("--shapes", type=_shape_list, help="D x O shapes, comma-separated (default 64x1,64x16,1024x256)")
     p.add_argument("--backends", type=_backend_list, help=f"comma-separated subset of: {', '.join(COMPARE_BACKENDS)} (default: all present)")
-    p.add_argument("--budget", type=float, help="seconds of timing per backend and size (default 0.3; --quick 0.05)")
-    p.add_argument("--repeats", type=int, help="rounds per size, interleaving the backends; the median counts (default 3; --quick 1)")
+    p.add_argument("--budget", type=float, help="seconds of timing per backend, size and round (default 0.1; --quick 0.02)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="least number of interleaved rounds per size (default 3, the fewest that give a spread); up to 3 times "
+        "as many run while a backend's rounds disagree by more than 10%% (not with --quick)",
+    )
     p.add_argument("--max-work", type=float, default=float(1 << 32), help="skip sizes whose step exceeds this many multiply-adds N·D·O (default 2^32)")
     p.add_argument("--out", default="fastlin-compare", help="directory for compare.json, compare.md and compare.png (default ./fastlin-compare)")
     p.add_argument("--no-plot", action="store_true", help="do not draw compare.png")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fastlin", description="fastlin: a fast dense linear layer trained by SGD")
-    sub = parser.add_subparsers(dest="command", required=True)
+def prog_name(argv0: str | None = None) -> str:
+    """``fastlin`` when run as the console script, else ``python -m fastlin``."""
+    name = os.path.basename(sys.argv[0] if argv0 is None else argv0)
+    stem = name.split(".")[0].removesuffix("-script")
+    return "fastlin" if stem == "fastlin" else "python -m fastlin"
 
-    p = sub.add_parser("demo", help="train the seed post's 2x5 layer for 100 steps, logging the loss")
-    p.add_argument("--steps", type=int, default=100, help="number of SGD steps (default 100)")
-    p.add_argument("--lr", type=float, default=0.02, help="learning rate (default 0.02)")
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    prog = prog or prog_name()
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="fastlin: a fast dense linear layer trained by SGD on the mean squared error.",
+        epilog=f"'{prog} demo --help' and '{prog} compare --help' describe each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastlin {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,compare}")
+
+    p = sub.add_parser(
+        "demo",
+        help="train the seed post's 2x5 layer for 100 steps, logging the loss",
+        description="The blog post's experiment: a dense layer y = W*x .+ b with W = rand(2,5) and b = rand(2), "
+        "trained by 100 steps of SGD on the sum of squared errors for one random (x, y), logging the loss of each "
+        "step as the post's @info does. The loss logged at a step is measured before that step's update; the final "
+        "loss is measured after the last update.",
+        epilog="Exit status: 0 when the loss went down; 1 when it ended far above where it started (the learning "
+        "rate is then probably too large); 2 for a usage error.",
+    )
+    p.add_argument("--steps", type=_positive_int, default=100, help="number of SGD steps (default 100)")
+    p.add_argument("--lr", type=float, default=DEMO_LR, help=f"learning rate (default {DEMO_LR})")
     p.add_argument("--seed", type=int, default=0, help="random seed for W, b, x and y (default 0)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to train (default cpu)")
-    p.add_argument("--plot", metavar="PNG", help="also save the loss curve there (needs matplotlib)")
+    p.add_argument("--plot", metavar="PNG", help="also save the loss curve there (needs matplotlib: pip install 'fastlin[plot]')")
     p.set_defaults(run=demo)
 
     p = sub.add_parser(
         "compare",
         help="time one SGD step on a grid of sizes: fastlin CPU/CUDA against numpy, torch and JAX",
         description="Time one full-batch SGD step over a grid of sizes on every backend present (fastlin CPU with "
-        "1 and all threads, fastlin CUDA, numpy, torch, JAX); print time, speed-up over numpy and the fraction of the "
-        "hardware limit measured in the same run; mark where the GPU starts to beat the CPU.",
+        "1 and all threads, fastlin CUDA, numpy, torch, JAX). The backends are timed in interleaved rounds, repeated "
+        "until the spread between rounds is known; the table gives the median time, that spread, the speed-up over "
+        "numpy and the fraction of the hardware limit measured in the same run. A crossover (where the GPU starts "
+        "to beat the CPU, where fastlin beats its peers) is stated only where the difference exceeds the spread.",
     )
     _compare_arguments(p)
     p.set_defaults(run=compare)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return args.run(args)
-    except (ValueError, TypeError, RuntimeError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        return run(args)
+    except (UsageError, ValueError, TypeError, RuntimeError, ImportError, OSError) as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+from types import ModuleType
 
 from ._errors import DeviceError
 
@@ -23,10 +24,20 @@ _INSTALL_HINT = "install it with: pip install 'fastlin[cuda]'"
 
 
 @functools.lru_cache(maxsize=1)
-def cuda_unavailable_reason():
-    """None when CUDA kernels can run here (a GPU, or numba's simulator under
-    ``NUMBA_ENABLE_CUDASIM=1``), else a sentence saying why not: numba-cuda
-    missing, no driver or device, or no NVVM to compile kernels with."""
+def cuda_unavailable_reason() -> str | None:
+    """Why fastlin cannot use CUDA here, or None when it can.
+
+    ``fastlin.cuda_unavailable_reason()`` is None when CUDA kernels can run
+    (a GPU, or numba's simulator under ``NUMBA_ENABLE_CUDASIM=1``), else one
+    sentence saying why not: numba-cuda missing (with the install command),
+    no driver or device, or no NVVM to compile kernels with.  It is the
+    reason a ``device="cuda"`` model's :class:`fastlin.DeviceError` gives.
+    The answer is computed once per process.
+
+    >>> import fastlin
+    >>> fastlin.cuda_available() == (fastlin.cuda_unavailable_reason() is None)
+    True
+    """
     try:
         missing = importlib.util.find_spec("numba_cuda") is None
     except (ImportError, ValueError) as exc:
@@ -59,12 +70,15 @@ def cuda_unavailable_reason():
     return None
 
 
-def cuda_available():
-    """True when fastlin can run on an NVIDIA GPU here (or under the CUDA simulator)."""
+def cuda_available() -> bool:
+    """True when fastlin can run on an NVIDIA GPU here (or under the CUDA simulator).
+
+    When it is False, :func:`fastlin.cuda_unavailable_reason` says why.
+    """
     return cuda_unavailable_reason() is None
 
 
-def cuda_simulated():
+def cuda_simulated() -> bool:
     """True when numba's CUDA simulator stands in for a GPU (``NUMBA_ENABLE_CUDASIM=1``)."""
     if cuda_unavailable_reason() is not None:
         return False
@@ -73,7 +87,7 @@ def cuda_simulated():
     return bool(config.ENABLE_CUDASIM)
 
 
-def resolve(device, n_params=0):
+def resolve(device: object, n_params: int = 0) -> str:
     """Turn a device name into "cpu" or "cuda", or raise.
 
     ``"auto"`` picks CUDA when a real GPU is usable and the model has at
@@ -98,7 +112,7 @@ def resolve(device, n_params=0):
 _DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
 
 
-def is_device_array(a):
+def is_device_array(a: object) -> bool:
     """True for arrays that live on a GPU: numba device arrays (the
     simulator's too), anything with ``__cuda_array_interface__`` (CuPy,
     PyTorch CUDA tensors) and DLPack arrays on a CUDA device."""
@@ -123,7 +137,7 @@ def is_device_array(a):
 _BACKENDS = {"cpu": "fastlin.backends.cpu_ops", "cuda": "fastlin.backends.cuda_ops"}
 
 
-def backend(device):
+def backend(device: str) -> ModuleType:
     """The ops module of a resolved device ("cpu" or "cuda").
 
     Asking for "cuda" where it cannot run raises :class:`fastlin.DeviceError`

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numba
 
+from ._notices import install_compile_notice
+
 FASTMATH_FLAGS = frozenset({"reassoc", "contract", "nsz", "arcp"})
 
 
@@ -59,6 +61,10 @@ def _cache_enabled() -> bool:
 
 
 CACHE = _cache_enabled()
+
+# The first compilation of a process takes seconds: say so, once, while it
+# happens (nothing is said when the kernels load from the cache).
+install_compile_notice()
 
 
 # Only explicit ``prange`` loops run in parallel.  numba's other automatic

@@ -125,7 +125,7 @@ class _NumbaThreads:
 
 class FastlinCPU(Backend):
     fastlin = True
-    threads = None  # all
+    threads: int | None = None  # all
 
     def __init__(self, problem):
         import fastlin

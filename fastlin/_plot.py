@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
 
-def pyplot():
+
+def pyplot() -> Any:
     """Import matplotlib.pyplot, or say how to install it."""
     try:
         import matplotlib
@@ -16,14 +19,14 @@ def pyplot():
     return plt
 
 
-def _has_display():
+def _has_display() -> bool:
     import os
     import sys
 
     return sys.platform in {"win32", "darwin"} or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def finish(fig, ax, path, *, close=False):
+def finish(fig: Any, ax: Any, path: Any, *, close: bool = False) -> Any:
     """Save the figure when a path is given; returns ``ax``.
 
     With ``close`` (a figure made only to be drawn here), a saved figure is
@@ -41,7 +44,7 @@ def finish(fig, ax, path, *, close=False):
     return ax
 
 
-def plot_loss(loss, *, ax=None, log=False, path=None, title=None):
+def plot_loss(loss: Sequence[float] | Any, *, ax: Any = None, log: bool = False, path: Any = None, title: str | None = None) -> Any:
     """Draw a loss curve (step 1, 2, ... against ``loss``); see :meth:`fastlin.History.plot`."""
     plt = pyplot()
     created = ax is None

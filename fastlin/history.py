@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
+
+from ._typing import StrPath
+
+# History.loss_grew: a last loss this many times the first means the fit
+# moved away from the minimum (typically a learning rate that is too large).
+LOSS_GREW_FACTOR = 10.0
 
 
-@dataclass
+@dataclass(repr=False)
 class History:
     """The record of a :meth:`fastlin.Linear.fit` call.
 
@@ -24,22 +32,56 @@ class History:
         was shuffled and no seed was given.
     stopped_early : bool
         True when the fit's ``callback`` asked it to stop before ``steps``.
+
+    ``repr(history)`` is one line: the number of steps, the first and last
+    loss and the time, e.g. ``History(100 steps, loss 2.17 -> 4.2e-11, 0.00011 s)``.
     """
 
-    loss: np.ndarray
+    loss: NDArray[np.float64]
     seconds: float
     seed: int | None = None
     stopped_early: bool = field(default=False)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.loss)
 
+    def __repr__(self) -> str:
+        n = len(self.loss)
+        if n == 0:
+            losses = "no loss"
+        else:
+            losses = f"loss {float(self.loss[0]):.6g} -> {float(self.loss[-1]):.6g}"
+        extra = ", stopped early" if self.stopped_early else ""
+        return f"History({n} step{'' if n == 1 else 's'}, {losses}, {self.seconds:.3g} s{extra})"
+
     @property
-    def steps(self):
+    def steps(self) -> int:
         """Number of steps taken."""
         return len(self.loss)
 
-    def plot(self, *, ax=None, log=False, path=None, title="training loss"):
+    @property
+    def loss_grew(self) -> bool:
+        """True when the last step's loss is more than ten times the first's.
+
+        Gradient descent with a small enough learning rate never ends far
+        above where it started, so this almost always means that the learning
+        rate is too large (the loss grows geometrically).  A NaN loss never
+        reaches a History (``fit`` raises :class:`fastlin.DivergenceError`).
+        False for fewer than two steps.
+        """
+        if len(self.loss) < 2:
+            return False
+        first, last = float(self.loss[0]), float(self.loss[-1])
+        return last > LOSS_GREW_FACTOR * first and last > 0.0
+
+    def plot(
+        self,
+        *,
+        ax: Any = None,
+        log: bool = False,
+        path: StrPath | None = None,
+        title: str | None = "training loss",
+    ) -> Any:
         """Draw the loss curve with matplotlib (``pip install 'fastlin[plot]'``).
 
         The x axis is the step (1-based), the y axis ``self.loss``.

@@ -17,7 +17,7 @@ OPTIONAL = ("sklearn", "matplotlib", "tqdm", "torch", "dask", "pandas")
 
 
 def test_import_fastlin_imports_no_optional_dependency():
-    code = "import sys, fastlin; print(' '.join(m for m in %r if m in sys.modules))" % (OPTIONAL,)
+    code = f"import sys, fastlin; print(' '.join(m for m in {OPTIONAL!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""

@@ -36,14 +36,16 @@ if _dispatch.cuda_simulated():
     sys.setswitchinterval(2e-4)
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_runtest_setup(item):
+    # Without CUDA, every test here that needs it is skipped by this one line,
+    # so pytest's summary folds them into a single "SKIPPED [n] ...conftest.py"
+    # line with one reason (a skip marker per test would list each test's
+    # location, with the same long reason, dozens of times).
     if UNAVAILABLE is None:
         return
-    skip = pytest.mark.skip(reason=f"CUDA tests need a GPU or NUMBA_ENABLE_CUDASIM=1 set before Python starts: {UNAVAILABLE}")
-    for item in items:
-        path = Path(str(item.fspath)).resolve()
-        if HERE in path.parents and getattr(item.module, "NEEDS_CUDA", True):
-            item.add_marker(skip)
+    path = Path(str(item.fspath)).resolve()
+    if HERE in path.parents and getattr(item.module, "NEEDS_CUDA", True):
+        pytest.skip(f"tests/cuda need a GPU, or NUMBA_ENABLE_CUDASIM=1 set before Python starts: {UNAVAILABLE}")
 
 
 @pytest.fixture(scope="session")
