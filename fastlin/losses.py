@@ -5,15 +5,19 @@ from __future__ import annotations
 import math
 
 from . import _dispatch, _validate
+from ._typing import Data, Reduction
 
 
-def mse_loss(pred, target, reduction="mean", *, check_finite=True):
+def mse_loss(pred: Data, target: Data, reduction: Reduction = "mean", *, check_finite: bool = True) -> float:
     """Mean squared error between two arrays of the same shape.
 
     Parameters
     ----------
     pred, target : array-like, same shape, 1-D or 2-D
-        Float32 data stays float32 (sums are float64 either way).
+        Float32 data (in either byte order) stays float32 (sums are float64
+        either way).  Refused as for :meth:`fastlin.Linear.loss`: masked
+        arrays with masked entries, torch tensors that require grad (pass
+        ``.detach()``), missing values (NA), non-real dtypes.
     reduction : {"mean", "sum"}
         ``"mean"`` divides the sum of squares by the number of elements.
 
@@ -22,6 +26,8 @@ def mse_loss(pred, target, reduction="mean", *, check_finite=True):
     float
     """
     reduction_sum = _validate.check_reduction(reduction)
+    for name, a in (("pred", pred), ("target", target)):
+        _validate.check_not_requires_grad(a, name)  # CPU or GPU tensor: say .detach()
     ops = _dispatch.backend("cuda" if _dispatch.is_device_array(pred) else "cpu")
     dtype = _validate.natural_float_dtype(pred)
     pred = ops.as_input(pred, "pred", dtype)

@@ -67,7 +67,8 @@ def bad_inputs(X, T):
         ("T 3-D", X, T[None], ValueError, "T must have shape"),
         ("empty X", X[:0], T[:0], ValueError, "empty"),
         ("complex X", X.astype(np.complex128), T, TypeError, "complex"),
-        ("object X", X.astype(object), T, TypeError, "object"),
+        # An object array of numbers is read as floats (as scikit-learn does); of other objects, refused.
+        ("object X", _objects(X), T, TypeError, "object array"),
         ("string X", X.astype(str), T, TypeError, "string"),
         ("complex T", X, T.astype(np.complex64), TypeError, "complex"),
         ("ragged list X", [[1.0, 2.0], [3.0]], T, ValueError, "X"),
@@ -76,6 +77,12 @@ def bad_inputs(X, T):
         ("NaN in T", X, _poison(T, np.nan), ValueError, "T contains NaN or Inf"),
         ("-Inf in T", X, _poison(T, -np.inf), ValueError, "T contains NaN or Inf"),
     ]
+
+
+def _objects(a):
+    out = a.astype(object)
+    out.flat[1] = object()
+    return out
 
 
 def _poison(a, value):
