@@ -9,8 +9,18 @@ does, and says how to install it when it is missing.
 
 How a fit maps onto fastlin
 ---------------------------
-Training always runs :meth:`fastlin.Linear.fit` on a bias-free layer that
-starts at zero, with a :class:`fastlin.SGD` optimiser:
+With ``solver="normal"`` (and ``"auto"`` on full-batch data with at most
+2048 features, the default case) ``fit`` is exact: one pass of fastlin's
+Gram kernel over X forms the float64 sums ``Σ w·xxᵀ``, ``Σ w·xyᵀ``,
+``Σ w·x``, ``Σ w·y`` (shifted by the first row, so that large offsets lose
+no digits), and a small float64 solve on the centred sums gives the
+coefficients of ``Ridge(alpha=weight_decay·n_targets·Σw/2)`` (of
+``LinearRegression`` without ``weight_decay``, minimum-norm when the data is
+rank-deficient); the intercept is ``ȳ − coef·x̄``, unpenalised.
+
+Otherwise (``solver="gd"``, mini-batches, ``partial_fit``) training runs
+:meth:`fastlin.Linear.fit` on a bias-free layer that starts at zero, with a
+:class:`fastlin.SGD` optimiser:
 
 * ``fit`` centres X and y (by their weighted means) when ``fit_intercept``,
   trains the coefficients on the centred data and recovers the intercept as
@@ -33,6 +43,7 @@ starts at zero, with a :class:`fastlin.SGD` optimiser:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
@@ -44,46 +55,85 @@ try:
     from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.utils import check_random_state
-    from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+    from sklearn.utils.validation import assert_all_finite, check_array, check_is_fitted, validate_data
 except ImportError as exc:  # scikit-learn missing, or older than 1.6 (no validate_data)
     raise ImportError(
         "fastlin.sklearn needs scikit-learn >= 1.6; install it with: pip install 'fastlin[sklearn]'"
     ) from exc
 
-from . import _validate
+from . import _solve, _validate
+from .backends import cpu_ops
 from .layer import Linear
 from .optim import SGD
 
 __all__ = ["LinearRegressor"]
 
-# Power iteration for the step size: stop when the eigenvalue estimate moves
-# by less than this (relative), or after this many products with XᵀX.
-_POWER_RTOL = 1e-4
-_POWER_MAX_ITER = 100
-# Fixed seed of the power iteration's start vector: a fit must not depend on
-# anything but its data and parameters (and random_state for shuffling).
-_POWER_SEED = 0x5EED
+
+def _keeps_previous_fit_on_failure(fit):
+    """Wrap ``fit`` so that a fit that raises (divergence, NaN in X, Ctrl-C)
+    leaves the estimator exactly as it was: the previous ``coef_``,
+    ``intercept_``, ``n_iter_``, ``loss_curve_``, ``lr_``, ``n_features_in_``
+    and partial_fit state.  A shallow copy of ``__dict__`` suffices because
+    fit replaces its attributes and never changes them in place."""
+
+    @functools.wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        before = dict(self.__dict__)
+        try:
+            return fit(self, *args, **kwargs)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    return wrapper
+
+
+# solver="auto" takes the exact solve up to this many features (the D × D
+# float64 Gram matrix is then at most 32 MiB, its solve well under a second).
+AUTO_EXACT_MAX_FEATURES = 2048
+SOLVERS = ("auto", "normal", "gd")
 
 
 class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
-    """Least-squares linear regression trained by fastlin's SGD kernels.
+    """Least-squares linear regression by fastlin's kernels: exact, or by SGD.
 
     Fits ``y ≈ X·coef_ᵀ + intercept_`` by minimising the (weighted) mean
-    squared error with :class:`fastlin.SGD`: by default full-batch gradient
-    descent with Nesterov momentum and a step size derived from the data
-    (deterministic; on well-conditioned data it reaches the coefficients of
-    :class:`~sklearn.linear_model.LinearRegression` to about 1e-5), or
+    squared error.  By default (``solver="auto"`` on full-batch data) the
+    exact minimiser from one pass over X: the coefficients of
+    :class:`~sklearn.linear_model.LinearRegression` (``Ridge`` with
+    ``weight_decay``) to float64 rounding.  With ``solver="gd"``, gradient
+    descent with :class:`fastlin.SGD`: full-batch with Nesterov momentum and
+    a step size derived from the data (deterministic; on well-conditioned
+    data it reaches LinearRegression's coefficients to about 1e-5), or
     mini-batch SGD with ``batch_size``.
 
     Parameters
     ----------
+    solver : {"auto", "normal", "gd"}, default="auto"
+        How ``fit`` finds the coefficients.  ``"normal"``: the exact
+        minimiser, from float64 sums ``XᵀX``, ``Xᵀy`` formed in one pass over
+        X and a small float64 solve (Cholesky, or an eigendecomposition and
+        the minimum-norm answer when the data is rank-deficient), the
+        answer of :class:`~sklearn.linear_model.Ridge` /
+        :class:`~sklearn.linear_model.LinearRegression`.  The gradient-descent
+        parameters (``lr``, ``momentum``, ``max_iter``, ``tol``, ...) are then
+        unused, and it runs on the CPU whatever ``device`` says.  ``"gd"``:
+        gradient descent with :class:`fastlin.SGD` (below).  ``"auto"``: the
+        exact solve when the full batch is used (``batch_size=None``), the
+        device is not ``"cuda"`` and there are at most 2048 features;
+        gradient descent otherwise.  ``partial_fit`` always uses gradient
+        descent.
     lr : "auto" or float, default="auto"
         Learning rate.  ``"auto"`` derives it from the data: ``1/L``, where
         ``L`` is the smoothness of the mean loss over a batch (for the full
-        batch, the largest eigenvalue of its Hessian ``2·XᵀX/(n·n_outputs)``,
-        found by power iteration; for mini-batches the expected smoothness of
+        batch, the largest eigenvalue of its Hessian ``2·XᵀX/(n·n_outputs)``;
+        for mini-batches the expected smoothness of
         Gower et al. (2019), which moves towards ``max‖xᵢ‖²`` as the batch
-        shrinks), plus ``weight_decay``.  When the gradients are stochastic
+        shrinks), plus ``weight_decay``.  The eigenvalue comes from the
+        float64 Gram matrix of the data (one pass over it and
+        ``numpy.linalg.eigvalsh``), so it holds for float32 features of any
+        finite magnitude.  When the gradients are stochastic
         (mini-batches, and ``partial_fit``, whose calls see different data)
         and momentum is on, it is further multiplied by ``1 − momentum``.  A
         number is used as given.
@@ -140,13 +190,16 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         Intercept (0.0 without ``fit_intercept``); a scalar when ``y`` was
         1-D.
     n_iter_ : int
-        Number of epochs run (summed over ``partial_fit`` calls).
+        Number of epochs run (summed over ``partial_fit`` calls); 1 after
+        the exact solve (its one pass over the data).
     loss_curve_ : list of float
         Mean training loss of every epoch: the (weighted) MSE, averaged over
         the targets and over the epoch's batches, each measured before its
-        update.
-    lr_ : float
-        The learning rate used by the last ``fit`` or ``partial_fit`` call.
+        update.  After the exact solve, one entry: the training loss at the
+        solution (computed from the Gram sums).
+    lr_ : float or None
+        The learning rate used by the last ``fit`` or ``partial_fit`` call;
+        None after the exact solve, which uses none.
     n_features_in_ : int
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -169,6 +222,14 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     buffers between calls in memory only: a pickled or copied estimator
     resumes with fresh buffers.
 
+    The exact solve works from the normal equations, which square the
+    condition number of the data: singular values of the centred, column-
+    scaled X more than about 1e6 times below the largest are treated as
+    zero (exactly collinear and constant columns are then handled as
+    ``LinearRegression`` handles them, minimum norm), where an SVD of X
+    would still resolve them.  Its cost grows as n_samples·n_features², and
+    it keeps a (n_features + 1)² float64 matrix per chunk of rows.
+
     Examples
     --------
     >>> import numpy as np
@@ -183,6 +244,7 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     def __init__(
         self,
         *,
+        solver="auto",
         lr="auto",
         momentum=0.9,
         nesterov=True,
@@ -196,6 +258,7 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         device="cpu",
         random_state=None,
     ):
+        self.solver = solver
         self.lr = lr
         self.momentum = momentum
         self.nesterov = nesterov
@@ -228,8 +291,10 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     # ------------------------------------------------------------------
     # training
     # ------------------------------------------------------------------
+    @_keeps_previous_fit_on_failure
     def fit(self, X, y, sample_weight=None):
-        """Fit the model by gradient descent on the (weighted) mean squared error.
+        """Fit the model on the (weighted) mean squared error: by the exact
+        solve or by gradient descent, as ``solver`` says.
 
         Parameters
         ----------
@@ -251,13 +316,22 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         ------
         fastlin.DivergenceError
             Training diverged (only with a numeric ``lr`` that is too large).
+            After any failed fit the estimator keeps its previous fit (or
+            stays unfitted) exactly.
         """
         hyper = self._check_params()
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True, reset=True)
+        # X's NaN/Inf check is left to the solver: the exact solve notices
+        # them in its sums, which saves a pass over X (see _fit_exact).
+        X, y = validate_data(
+            self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True, reset=True, ensure_all_finite=False
+        )
         Y, y_1d = _as_2d_targets(y, X.dtype)
         weights = _check_weights(sample_weight, X)
         for name in ("coef_", "intercept_", "n_iter_", "loss_curve_", "lr_", "_live", "_partial_lr", "_rng"):
             self.__dict__.pop(name, None)
+        if self._uses_exact_solve(X.shape[1], hyper):
+            return self._fit_exact(X, Y, y_1d, weights, hyper)
+        assert_all_finite(X, input_name="X", estimator_name=type(self).__name__)
         # Made first so that an unusable device fails before any work is done.
         layer = Linear(X.shape[1], Y.shape[1], bias=False, init="zeros", dtype=X.dtype, device=self.device)
 
@@ -381,6 +455,8 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     # ------------------------------------------------------------------
     def _check_params(self):
         """Validate the hyper-parameters (at fit time, as scikit-learn asks)."""
+        if not isinstance(self.solver, str) or self.solver not in SOLVERS:
+            raise ValueError(f"solver must be 'auto', 'normal' or 'gd', got {self.solver!r}")
         if not (isinstance(self.lr, str) and self.lr == "auto"):
             if isinstance(self.lr, str):
                 raise ValueError(f"lr must be 'auto' or a positive number, got {self.lr!r}")
@@ -401,6 +477,42 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         return {"momentum": sgd.momentum, "weight_decay": sgd.weight_decay, "nesterov": sgd.nesterov}
 
+    def _uses_exact_solve(self, n_features, hyper):
+        """solver="normal", or "auto" with the full batch, on the CPU, and at
+        most AUTO_EXACT_MAX_FEATURES features."""
+        if self.solver == "normal":
+            return True
+        return (
+            self.solver == "auto"
+            and self.batch_size is None
+            and self.device != "cuda"
+            and n_features <= AUTO_EXACT_MAX_FEATURES
+        )
+
+    def _fit_exact(self, X, Y, y_1d, weights, hyper):
+        """The exact minimiser from one Gram pass over X (see Notes)."""
+        X = np.ascontiguousarray(X)
+        sums = cpu_ops.gram_sums(X, Y, weights)
+        if not all(np.isfinite(a).all() for a in (sums.xx, sums.xt, sums.sx, sums.st, sums.tt)):
+            # NaN/Inf in X (y was checked by validate_data): scikit-learn's error
+            assert_all_finite(X, input_name="X", estimator_name=type(self).__name__)
+            raise ValueError(
+                "the sums of squares of X and y overflow float64 (values beyond about 1e150); "
+                "scale X and y (e.g. StandardScaler) or use solver='gd'"
+            )
+        n_targets = Y.shape[1]
+        alpha = hyper["weight_decay"] * n_targets * sums.sw / 2.0
+        W, intercept, sse = _solve.ridge_solution(sums, alpha, self.fit_intercept)
+        if not (np.isfinite(W).all() and np.isfinite(intercept).all()):
+            raise ValueError("the least-squares solution is not finite; scale X and y (e.g. StandardScaler)")
+        W = W.astype(X.dtype)
+        intercept = intercept.astype(X.dtype)
+        self._set_coefficients(W, intercept, y_1d)
+        self.n_iter_ = 1
+        self.loss_curve_ = [sse / (n_targets * sums.sw)]
+        self.lr_ = None
+        return self
+
     def _learning_rate(self, A, n_targets, batch, hyper, stochastic):
         """``lr`` as given, or 1/L for the design A (see the class docstring)."""
         if not isinstance(self.lr, str):
@@ -408,7 +520,8 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         n = A.shape[0]
         smooth_full = 2.0 * _largest_eigenvalue(A) / (n * n_targets)
         if batch < n:
-            smooth_max = 2.0 * float(np.einsum("ij,ij->i", A, A).max()) / n_targets
+            # float64 row norms: float32 squares of features near 1e19 overflow
+            smooth_max = 2.0 * float(np.einsum("ij,ij->i", A, A, dtype=np.float64).max()) / n_targets
             smooth = (n * (batch - 1) * smooth_full + (n - batch) * smooth_max) / (batch * (n - 1))
         else:
             smooth = smooth_full
@@ -515,8 +628,13 @@ def _fit_design(X, Y, weights, fit_intercept):
             x_offset, y_offset = np.zeros(X.shape[1]), np.zeros(Y.shape[1])
     if keep is not None:
         X, Y = X[keep], Y[keep]
-    A = np.subtract(X, x_offset.astype(X.dtype), dtype=X.dtype)
-    T = np.subtract(Y, y_offset.astype(Y.dtype), dtype=Y.dtype)
+    # Centred in float64, then rounded once: an offset rounded to float32
+    # first (features near 1e9 have a float32 spacing of 64) would leave the
+    # design off-centre.  numpy subtracts in float64 block by block.
+    A = np.empty(X.shape, dtype=X.dtype)
+    T = np.empty(Y.shape, dtype=Y.dtype)
+    np.subtract(X, np.asarray(x_offset, dtype=np.float64), out=A, casting="unsafe")
+    np.subtract(Y, np.asarray(y_offset, dtype=np.float64), out=T, casting="unsafe")
     if scales is not None:
         A *= scales[:, None]
         T *= scales[:, None]
@@ -543,26 +661,19 @@ def _partial_design(X, Y, weights, fit_intercept):
 
 
 def _largest_eigenvalue(A):
-    """Largest eigenvalue of ``AᵀA`` by power iteration (never forms AᵀA).
+    """Largest eigenvalue of ``AᵀA``, from its float64 Gram sums (one pass
+    over A, the kernel behind the exact solve) and ``numpy.linalg.eigvalsh``.
 
-    Each iteration reads A twice; the estimate (a Rayleigh quotient) grows
-    towards the eigenvalue from below.  The start vector is fixed, so the
-    result depends on A only.
+    Exact to float64 rounding for float32 data of any finite magnitude (a
+    float32 norm of features near 1e9 would overflow or lose the answer).
     """
-    v = np.random.default_rng(_POWER_SEED).standard_normal(A.shape[1])
-    v = (v / np.linalg.norm(v)).astype(A.dtype)
-    estimate = 0.0
-    for _ in range(_POWER_MAX_ITER):
-        u = A @ v
-        previous, estimate = estimate, float(np.dot(u, u))  # vᵀAᵀAv with ‖v‖ = 1
-        z = A.T @ u
-        norm = float(np.linalg.norm(z))
-        if norm == 0.0 or not math.isfinite(norm):
-            break
-        v = (z / norm).astype(A.dtype, copy=False)
-        if estimate - previous <= _POWER_RTOL * estimate:
-            break
-    return estimate
+    A = np.ascontiguousarray(A)
+    sums = cpu_ops.gram_sums(A, np.zeros((A.shape[0], 1), dtype=A.dtype))
+    r = sums.x_ref
+    # undo the shift by the first row: AᵀA = Σ (a' + r)(a' + r)ᵀ
+    G = sums.xx + np.outer(r, sums.sx) + np.outer(sums.sx, r) + sums.n_rows * np.outer(r, r)
+    top = float(np.linalg.eigvalsh(0.5 * (G + G.T))[-1])
+    return max(top, 0.0) if math.isfinite(top) else math.inf
 
 
 def _epoch_means(step_losses, n_rows, batch):

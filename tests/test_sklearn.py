@@ -34,14 +34,17 @@ def well_conditioned(n_samples=400, n_features=8, n_targets=1, noise=5.0, seed=0
 # fail.  (A few skip themselves when pandas is not installed, or when
 # SCIPY_ARRAY_API=1 is not set before scipy is imported.)
 # ----------------------------------------------------------------------
-# The defaults, plain gradient descent (which needs a looser tol to converge
-# on the checks' unscaled data within max_iter), and heavy-ball momentum with
-# an L2 penalty.
+# The defaults (the exact solve), plain gradient descent (which needs a looser
+# tol to converge on the checks' unscaled data within max_iter), heavy-ball
+# momentum with an L2 penalty, gradient descent's defaults, and the exact
+# solve with an L2 penalty.
 @parametrize_with_checks(
     [
         LinearRegressor(),
-        LinearRegressor(momentum=0.0, tol=1e-4),
-        LinearRegressor(momentum=0.5, nesterov=False, weight_decay=0.1),
+        LinearRegressor(solver="gd", momentum=0.0, tol=1e-4),
+        LinearRegressor(solver="gd", momentum=0.5, nesterov=False, weight_decay=0.1),
+        LinearRegressor(solver="gd"),
+        LinearRegressor(solver="normal", weight_decay=0.1),
     ]
 )
 def test_sklearn_estimator_checks(estimator, check):
@@ -75,7 +78,7 @@ def test_more_features_than_samples_gives_the_minimum_norm_solution():
     # makes its limit the minimum-norm solution lstsq returns.
     rng = np.random.default_rng(3)
     X, y = rng.normal(size=(20, 40)), rng.normal(size=20)
-    ours = LinearRegressor(tol=1e-9, max_iter=20000).fit(X, y)
+    ours = LinearRegressor(solver="gd", tol=1e-9, max_iter=20000).fit(X, y)
     exact = LinearRegression().fit(X, y)
     assert_allclose(ours.coef_, exact.coef_, rtol=0, atol=1e-6)
     assert_allclose(ours.predict(X), y, rtol=0, atol=1e-6)  # it interpolates
@@ -115,7 +118,7 @@ def test_momentum_does_not_stop_training_early():
     y = X @ rng.normal(size=6) + rng.normal(scale=0.1, size=300)
     exact = LinearRegression().fit(X, y)
     for nesterov in (False, True):
-        ours = LinearRegressor(momentum=0.9, nesterov=nesterov).fit(X, y)
+        ours = LinearRegressor(solver="gd", momentum=0.9, nesterov=nesterov).fit(X, y)
         assert_allclose(ours.coef_, exact.coef_, rtol=0, atol=1e-3)
 
 
@@ -151,7 +154,7 @@ def test_dataframe_feature_names_are_kept():
 
 def test_loss_curve_is_the_training_mse():
     X, y = well_conditioned(n_targets=2)
-    model = LinearRegressor(momentum=0.0).fit(X, y)
+    model = LinearRegressor(solver="gd", momentum=0.0).fit(X, y)
     # The first step starts from zero coefficients and the mean intercept:
     # its loss is the variance of y (averaged over the targets).
     assert model.loss_curve_[0] == pytest.approx(np.var(y, axis=0).mean(), rel=1e-12)
@@ -193,20 +196,20 @@ def test_bad_hyper_parameters_raise_at_fit(params, error):
 
 def test_nesterov_is_ignored_without_momentum():
     X, y = well_conditioned()
-    plain = LinearRegressor(momentum=0.0, nesterov=True).fit(X, y)
+    plain = LinearRegressor(solver="gd", momentum=0.0, nesterov=True).fit(X, y)
     assert plain.n_iter_ > 1
-    assert_allclose(plain.coef_, LinearRegressor(momentum=0.0, nesterov=False).fit(X, y).coef_, rtol=0, atol=0)
+    assert_allclose(plain.coef_, LinearRegressor(solver="gd", momentum=0.0, nesterov=False).fit(X, y).coef_, rtol=0, atol=0)
 
 
 def test_momentum_needs_fewer_epochs_on_ill_conditioned_data():
     X, y = load_diabetes(return_X_y=True)  # standardised: condition number ~ 470
     X = StandardScaler().fit_transform(X)
     exact = LinearRegression().fit(X, y)
-    default = LinearRegressor().fit(X, y)
+    default = LinearRegressor(solver="gd").fit(X, y)
     assert default.n_iter_ < 500
     assert_allclose(default.coef_, exact.coef_, rtol=0, atol=1e-4 * np.abs(exact.coef_).max())
     with pytest.warns(ConvergenceWarning):
-        LinearRegressor(momentum=0.0).fit(X, y)  # about κ·log(1/tol) epochs needed
+        LinearRegressor(solver="gd", momentum=0.0).fit(X, y)  # about κ·log(1/tol) epochs needed
 
 
 @pytest.mark.skipif(fastlin.cuda_available(), reason="this machine has a usable GPU")
@@ -225,7 +228,7 @@ def test_cuda_fit_matches_cpu():
 
 def test_diverging_learning_rate_raises_and_leaves_the_model_unfitted():
     X, y = well_conditioned()
-    model = LinearRegressor(lr=100.0)
+    model = LinearRegressor(solver="gd", lr=100.0)
     with pytest.raises(fastlin.DivergenceError):
         model.fit(X, y)
     assert not hasattr(model, "coef_")
@@ -282,7 +285,7 @@ def test_bad_sample_weight_raises(weights, match):
 # ----------------------------------------------------------------------
 def test_tol_none_runs_exactly_max_iter_epochs():
     X, y = well_conditioned()
-    model = LinearRegressor(tol=None, max_iter=37).fit(X, y)
+    model = LinearRegressor(solver="gd", tol=None, max_iter=37).fit(X, y)
     assert model.n_iter_ == 37 and len(model.loss_curve_) == 37
 
 
@@ -290,8 +293,8 @@ def test_tighter_tol_trains_longer_and_closer():
     X, y = well_conditioned()
     X = X * np.linspace(1.0, 6.0, X.shape[1])  # condition number ~ 36: many steps
     exact = LinearRegression().fit(X, y)
-    loose = LinearRegressor(tol=1e-3).fit(X, y)
-    tight = LinearRegressor(tol=1e-8, max_iter=5000).fit(X, y)
+    loose = LinearRegressor(solver="gd", tol=1e-3).fit(X, y)
+    tight = LinearRegressor(solver="gd", tol=1e-8, max_iter=5000).fit(X, y)
     assert loose.n_iter_ < tight.n_iter_ < 5000
     assert np.abs(tight.coef_ - exact.coef_).max() < np.abs(loose.coef_ - exact.coef_).max()
 
@@ -299,8 +302,8 @@ def test_tighter_tol_trains_longer_and_closer():
 def test_patience_counts_epochs_without_progress():
     X, y = well_conditioned()
     X = X * np.linspace(1.0, 6.0, X.shape[1])
-    short = LinearRegressor(momentum=0.0, tol=1e-4, n_iter_no_change=1).fit(X, y)
-    long = LinearRegressor(momentum=0.0, tol=1e-4, n_iter_no_change=20).fit(X, y)
+    short = LinearRegressor(solver="gd", momentum=0.0, tol=1e-4, n_iter_no_change=1).fit(X, y)
+    long = LinearRegressor(solver="gd", momentum=0.0, tol=1e-4, n_iter_no_change=20).fit(X, y)
     # Plain full-batch descent makes steadily less progress: once it falls below
     # tol it stays there, so waiting k epochs adds k − 1 epochs.
     assert long.n_iter_ == short.n_iter_ + 19
@@ -310,7 +313,7 @@ def test_hitting_max_iter_warns():
     X, y = well_conditioned()
     X = X * np.linspace(1.0, 6.0, X.shape[1])
     with pytest.warns(ConvergenceWarning, match="max_iter=5"):
-        model = LinearRegressor(max_iter=5).fit(X, y)
+        model = LinearRegressor(solver="gd", max_iter=5).fit(X, y)
     assert model.n_iter_ == 5
 
 

@@ -1,0 +1,466 @@
+"""The exact solve: the Gram pass (cpu_ops.gram_sums) and Linear.solve.
+
+References are float64 numpy: the shifted sums by matrix products, and the
+solution by ``numpy.linalg.lstsq`` on the stacked least-squares problem
+(minimum-norm when it is not unique).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastlin
+from fastlin import _solve
+from fastlin.backends import cpu_gram, cpu_ops
+
+
+# --------------------------------------------------------------------------
+# float64 references
+# --------------------------------------------------------------------------
+def gram_ref(X, T, w=None):
+    """The shifted sums of cpu_ops.gram_sums, by float64 matrix products."""
+    X = np.asarray(X, dtype=np.float64)
+    T = np.asarray(T, dtype=np.float64)
+    Xs, Ts = X - X[0], T - T[0]
+    w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
+    return {
+        "xx": (Xs * w[:, None]).T @ Xs,
+        "xt": (Xs * w[:, None]).T @ Ts,
+        "sx": w @ Xs,
+        "st": w @ Ts,
+        "tt": w @ (Ts * Ts),
+        "sw": w.sum(),
+    }
+
+
+def solve_ref(X, T, weight_decay=0.0, w=None, bias=True):
+    """argmin Σ w‖x·Wᵀ + b − t‖²/(O·Σw) + λ/2(‖W‖² + ‖b‖²) by float64 lstsq.
+
+    Stacked as ‖[√w·A; √μ·I] θ − [√w·T; 0]‖² with A = [X, 1] and
+    μ = λ·O·Σw/2; lstsq's answer has minimum ‖θ‖ when it is not unique.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    T = np.asarray(T, dtype=np.float64).reshape(len(X), -1)
+    n, d = X.shape
+    o = T.shape[1]
+    w = np.ones(n) if w is None else np.asarray(w, dtype=np.float64)
+    A = np.column_stack([X, np.ones(n)]) if bias else X
+    sq = np.sqrt(w)[:, None]
+    mu = weight_decay * o * w.sum() / 2.0
+    if mu > 0:
+        A_ = np.vstack([sq * A, np.sqrt(mu) * np.eye(A.shape[1])])
+        T_ = np.vstack([sq * T, np.zeros((A.shape[1], o))])
+    else:
+        A_, T_ = sq * A, sq * T
+    theta = np.linalg.lstsq(A_, T_, rcond=None)[0]
+    W = theta[:d].T
+    b = theta[d] if bias else None
+    return W, b
+
+
+def loss_ref(X, T, W, b, w=None):
+    X = np.asarray(X, dtype=np.float64)
+    T = np.asarray(T, dtype=np.float64).reshape(len(X), -1)
+    R = X @ np.asarray(W, dtype=np.float64).T - T
+    if b is not None:
+        R += np.asarray(b, dtype=np.float64)
+    w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
+    return float(w @ (R * R).sum(axis=1)) / (T.shape[1] * w.sum())
+
+
+def make(n, d, o, dtype=np.float64, seed=0, noise=0.1):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    W = rng.normal(size=(o, d))
+    T = X @ W.T + rng.normal(size=o) + noise * rng.normal(size=(n, o))
+    return X.astype(dtype), T.astype(dtype)
+
+
+@pytest.fixture(params=["default", "many-chunks"])
+def gram_chunking(request, monkeypatch):
+    """fastlin's own chunks, or tiny chunks and row blocks, so that the
+    parallel kernel, partial blocks and the ordered reduction always run."""
+    if request.param == "many-chunks":
+        monkeypatch.setattr(cpu_ops, "MIN_CHUNK_WORK", 1)
+        monkeypatch.setattr(cpu_gram, "BLOCK_ROWS", 4)
+    return request.param
+
+
+# --------------------------------------------------------------------------
+# the Gram pass
+# --------------------------------------------------------------------------
+SHAPES = [(1, 1, 1), (2, 1, 1), (17, 3, 2), (33, 5, 1), (130, 7, 3), (300, 2, 9), (257, 33, 1), (129, 4, 4)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gram_sums_match_float64_reference(shape, weighted, dtype, gram_chunking):
+    n, d, o = shape
+    rng = np.random.default_rng(n * 100 + d)
+    X = rng.normal(size=(n, d)).astype(dtype)
+    T = (3.0 + rng.normal(size=(n, o))).astype(dtype)
+    w = rng.random(n) if weighted else None
+    if weighted and n > 2:
+        w[::3] = 0.0
+    got = cpu_ops.gram_sums(X, T, w)
+    ref = gram_ref(X, T, w)
+    for key, value in ref.items():
+        scale = np.max(np.abs(value)) + 1e-300
+        np.testing.assert_allclose(np.asarray(getattr(got, key)), value, rtol=0, atol=1e-13 * scale, err_msg=key)
+    np.testing.assert_array_equal(got.x_ref, X[0].astype(np.float64))
+    np.testing.assert_array_equal(got.t_ref, T[0].astype(np.float64))
+    assert got.n_rows == n
+    assert got.xx.shape == (d, d) and got.xt.shape == (d, o) and got.tt.shape == (o,)
+    np.testing.assert_array_equal(got.xx, got.xx.T)
+
+
+def test_gram_sums_with_a_given_reference_row():
+    X, T = make(50, 4, 2)
+    x_ref, t_ref = np.arange(4.0), np.array([1.0, -1.0])
+    got = cpu_ops.gram_sums(X, T, None, x_ref, t_ref)
+    Xs, Ts = X - x_ref, T - t_ref
+    np.testing.assert_allclose(got.xx, Xs.T @ Xs, rtol=1e-13)
+    np.testing.assert_allclose(got.xt, Xs.T @ Ts, rtol=1e-13)
+    np.testing.assert_allclose(got.tt, (Ts * Ts).sum(axis=0), rtol=1e-13)
+
+
+def test_gram_sums_keep_large_offsets_exact():
+    # Timestamps: 1e9 plus a spread of 1e4, float32.  Unshifted float64 sums
+    # of x² (~1e18 per row) would keep only ~8 digits of the variance.
+    rng = np.random.default_rng(3)
+    n = 5000
+    X = (1e9 + 1e4 * rng.random((n, 3))).astype(np.float32)
+    T = (2e9 + 1e4 * rng.random((n, 1))).astype(np.float32)
+    got = cpu_ops.gram_sums(X, T)
+    ref = gram_ref(X, T)
+    for key in ("xx", "xt", "sx", "st", "tt"):
+        np.testing.assert_allclose(np.asarray(getattr(got, key)), ref[key], rtol=1e-12, err_msg=key)
+    # X itself was not modified
+    assert X[0, 0] != 0 and np.all(X > 1e8)
+
+
+def test_gram_sums_planning_depends_on_shape_only():
+    rows, chunks = cpu_ops.plan_gram_chunks(1_000_000, 50, 1)
+    assert chunks <= cpu_ops.MAX_CHUNKS and rows % cpu_gram.BLOCK_ROWS == 0 and rows * chunks >= 1_000_000
+    assert cpu_ops.plan_gram_chunks(5, 3, 1) == (5, 1)
+
+
+_THREADS_SCRIPT = """
+import json, sys, numpy as np, numba, fastlin
+from fastlin.backends import cpu_ops
+rng = np.random.default_rng(5)
+X = rng.normal(size=(40000, 23)).astype(np.float32)
+T = rng.normal(size=(40000, 2)).astype(np.float32)
+w = rng.random(40000)
+g = cpu_ops.gram_sums(X, T, w)
+m = fastlin.Linear(23, 2, seed=0)
+loss = m.solve(X, T, weight_decay=1e-3)
+out = {"threads": numba.get_num_threads(),
+       "sums": [np.asarray(a).tobytes().hex() for a in (g.xx, g.xt, g.sx, g.st, g.tt, g.sw)],
+       "weights": [m.weight.tobytes().hex(), m.bias.tobytes().hex()], "loss": loss.hex()}
+print(json.dumps(out))
+"""
+
+
+def test_gram_sums_and_solve_are_bit_identical_for_1_and_2_threads():
+    results = []
+    for threads in ("1", "2"):
+        env = dict(os.environ, NUMBA_NUM_THREADS=threads)
+        proc = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], check=False, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert [r["threads"] for r in results] == [1, 2]
+    assert cpu_ops.plan_gram_chunks(40000, 23, 2)[1] > 1  # the parallel kernel ran
+    for key in ("sums", "weights", "loss"):
+        assert results[0][key] == results[1][key], key
+
+
+# --------------------------------------------------------------------------
+# Linear.solve against lstsq
+# --------------------------------------------------------------------------
+def _check_solution(model, X, T, weight_decay=0.0, w=None, rtol=1e-8):
+    W_ref, b_ref = solve_ref(X, T, weight_decay, w, bias=model.has_bias)
+    W, b = model.numpy()
+    scale = max(np.abs(W_ref).max(), 1.0 if b_ref is None else np.abs(b_ref).max())
+    np.testing.assert_allclose(W, W_ref, rtol=0, atol=rtol * scale)
+    if b_ref is not None:
+        np.testing.assert_allclose(b, b_ref, rtol=0, atol=rtol * scale)
+
+
+CASES = {
+    "tall": (200, 5, 1),
+    "multi-output": (150, 6, 3),
+    "D=1": (40, 1, 1),
+    "N<D": (4, 9, 2),
+    "N=D": (7, 6, 1),
+    "one-row": (1, 3, 2),
+    "partial-blocks": (261, 33, 2),
+}
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", list(CASES))
+def test_solve_matches_lstsq_float64(case, bias, weight_decay, gram_chunking):
+    n, d, o = CASES[case]
+    X, T = make(n, d, o, seed=len(case))
+    model = fastlin.Linear(d, o, bias=bias, dtype=np.float64, seed=1)
+    loss = model.solve(X, T, weight_decay=weight_decay)
+    _check_solution(model, X, T, weight_decay)
+    W, b = model.numpy()
+    assert abs(loss - loss_ref(X, T, W, b)) <= 1e-10 * max(1.0, float(np.var(T)))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_solve_float32_layer(bias, weight_decay):
+    X, T = make(300, 8, 2, dtype=np.float32, seed=9)
+    model = fastlin.Linear(8, 2, bias=bias, seed=1)
+    loss = model.solve(X, T, weight_decay=weight_decay)
+    assert model.weight.dtype == np.float32
+    _check_solution(model, X, T, weight_decay, rtol=1e-6)
+    assert loss == pytest.approx(model.loss(X, T), rel=1e-5)
+
+
+def test_solve_with_collinear_and_constant_columns_gives_minimum_norm(gram_chunking):
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(60, 3))
+    # column 3 = 2·column 0 (exact in binary), column 4 constant, column 5 = col 1 + col 2
+    X = np.column_stack([base, 2.0 * base[:, 0], np.full(60, 3.0), base[:, 1] + base[:, 2]])
+    T = base @ [1.0, -2.0, 0.5] + 1.0 + 0.01 * rng.normal(size=60)
+    for bias in (True, False):
+        model = fastlin.Linear(6, 1, bias=bias, dtype=np.float64)
+        model.solve(X, T)
+        _check_solution(model, X, T, rtol=1e-7)
+
+
+def test_solve_all_zero_and_constant_inputs():
+    X = np.zeros((10, 3))
+    T = np.arange(10.0)
+    model = fastlin.Linear(3, 1, dtype=np.float64, seed=0)
+    loss = model.solve(X, T)
+    np.testing.assert_allclose(model.weight, 0.0, atol=1e-12)
+    assert model.bias[0] == pytest.approx(4.5)
+    assert loss == pytest.approx(np.var(T))
+    # a layer without bias on constant X = 2: W·2 ≈ mean(T), spread evenly (minimum norm)
+    model = fastlin.Linear(3, 1, bias=False, dtype=np.float64)
+    model.solve(np.full((10, 3), 2.0), T)
+    np.testing.assert_allclose(model.weight, np.full((1, 3), 4.5 / 6.0), rtol=1e-10)
+
+
+def test_solve_single_sample_1d():
+    model = fastlin.Linear(3, 2, dtype=np.float64)
+    x, t = np.array([1.0, 2.0, -1.0]), np.array([0.5, -3.0])
+    loss = model.solve(x, t)
+    np.testing.assert_allclose(model(x), t, atol=1e-12)
+    assert loss == pytest.approx(0.0, abs=1e-20)
+    # minimum norm: (W, b) ∝ (x, 1) per output
+    W, b = model.numpy()
+    np.testing.assert_allclose(W, np.outer(t, x) / (x @ x + 1.0), rtol=1e-12)
+    np.testing.assert_allclose(b, t / (x @ x + 1.0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_solve_with_sample_weights_including_zeros(weight_decay, gram_chunking):
+    X, T = make(80, 4, 2, seed=2)
+    w = np.random.default_rng(1).random(80) * 3
+    w[::4] = 0.0
+    model = fastlin.Linear(4, 2, dtype=np.float64)
+    loss = model.solve(X, T, weight_decay=weight_decay, sample_weight=w)
+    _check_solution(model, X, T, weight_decay, w)
+    W, b = model.numpy()
+    assert abs(loss - loss_ref(X, T, W, b, w)) <= 1e-10
+    # an integer weight k is the same as the row repeated k times
+    k = np.random.default_rng(2).integers(0, 4, 80)
+    k[0] = 1
+    m1, m2 = fastlin.Linear(4, 2, dtype=np.float64), fastlin.Linear(4, 2, dtype=np.float64)
+    m1.solve(X, T, weight_decay=weight_decay, sample_weight=k)
+    m2.solve(np.repeat(X, k, axis=0), np.repeat(T, k, axis=0), weight_decay=weight_decay)
+    np.testing.assert_allclose(m1.weight, m2.weight, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(m1.bias, m2.bias, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_solve_large_offsets_float32(bias):
+    # timestamps near 1e9 with a spread of 1e4; the answer has a slope of order 1e-3
+    rng = np.random.default_rng(7)
+    n = 4000
+    X = (1e9 + 1e4 * rng.random((n, 2))).astype(np.float32)
+    Xd = X.astype(np.float64)
+    t = 1e-3 * (Xd[:, 0] - 1e9) - 2e-3 * (Xd[:, 1] - 1e9) + 5.0 + 0.01 * rng.normal(size=n)
+    T = t.astype(np.float32)
+    sums = cpu_ops.gram_sums(X, T.reshape(-1, 1))
+    W, b = _solve.layer_solution(sums, bias, 0.0)
+    if bias:
+        # lstsq on [X, 1] itself would lose the slope (a singular-value ratio
+        # near 1e-13): the reference solves the shifted problem instead, which
+        # has the same unique solution.
+        r = Xd[0]
+        W_ref, c = solve_ref(Xd - r, T, bias=True)
+        b_ref = c - W_ref @ r
+    else:
+        W_ref, b_ref = solve_ref(X, T, bias=False)
+    np.testing.assert_allclose(W, W_ref, rtol=1e-7)
+    if bias:
+        np.testing.assert_allclose(b, b_ref, rtol=1e-9)
+        np.testing.assert_allclose(W[0], [1e-3, -2e-3], rtol=1e-3)
+    # and through the float32 layer
+    model = fastlin.Linear(2, 1, bias=bias)
+    model.solve(X, T)
+    np.testing.assert_allclose(model.weight, W_ref, rtol=1e-5)
+
+
+def test_solve_large_offsets_with_weight_decay_float64():
+    rng = np.random.default_rng(8)
+    X = 1e6 + 1e2 * rng.random((500, 2))
+    T = X @ [0.5, -0.25] + rng.normal(size=500)
+    model = fastlin.Linear(2, 1, dtype=np.float64)
+    model.solve(X, T, weight_decay=1e-6)
+    W_ref, b_ref = solve_ref(X, T, 1e-6)
+    np.testing.assert_allclose(model.weight, W_ref, rtol=1e-6)
+    np.testing.assert_allclose(model.bias, b_ref, rtol=1e-6)
+
+
+def test_solve_matches_sklearn_ridge_without_bias():
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    X, T = make(120, 5, 3, seed=6)
+    lam = 0.2
+    model = fastlin.Linear(5, 3, bias=False, dtype=np.float64)
+    model.solve(X, T, weight_decay=lam)
+    ridge = linear_model.Ridge(alpha=lam * 120 * 3 / 2, fit_intercept=False, solver="svd").fit(X, T)
+    np.testing.assert_allclose(model.weight, ridge.coef_, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# errors: named, and nothing changes
+# --------------------------------------------------------------------------
+def _bad(model, X, T, exc, match, **kw):
+    W, b = model.numpy()
+    with pytest.raises(exc, match=match):
+        model.solve(X, T, **kw)
+    np.testing.assert_array_equal(model.weight, W)
+    np.testing.assert_array_equal(model.bias, b)
+
+
+def test_solve_errors_leave_the_weights_alone():
+    X, T = make(20, 3, 1)
+    model = fastlin.Linear(3, 1, seed=0)
+    Xn = X.copy()
+    Xn[3, 1] = np.nan
+    Tn = T.copy()
+    Tn[5, 0] = np.inf
+    _bad(model, Xn, T, ValueError, "X")
+    _bad(model, X, Tn, ValueError, "T")
+    _bad(model, X, T, ValueError, "weight_decay", weight_decay=-1.0)
+    _bad(model, X, T, TypeError, "weight_decay", weight_decay="big")
+    _bad(model, X, T, ValueError, "sample_weight", sample_weight=np.ones(19))
+    _bad(model, X, T, ValueError, "sample_weight", sample_weight=-np.ones(20))
+    _bad(model, X, T, ValueError, "zero", sample_weight=np.zeros(20))
+    w = np.ones(20)
+    w[2] = np.nan
+    _bad(model, X, T, ValueError, "sample_weight", sample_weight=w)
+    _bad(model, X, T, TypeError, "sample_weight", sample_weight=np.array(["a"] * 20))
+    _bad(model, X[:, :2], T, ValueError, "X")
+    _bad(model, X, T[:5], ValueError, "T")
+    # finite float64 data whose squares overflow
+    m64 = fastlin.Linear(3, 1, dtype=np.float64, seed=0)
+    _bad(m64, X * 1e200, T, ValueError, "overflow")
+
+
+def test_solve_error_messages_match_fit():
+    X, T = make(20, 3, 1)
+    model = fastlin.Linear(3, 1, seed=0)
+    for bad in (X[:, :2], np.zeros((0, 3))):
+        with pytest.raises(ValueError) as e_fit:
+            model.fit(bad, T[: len(bad)], steps=1)
+        with pytest.raises(ValueError) as e_solve:
+            model.solve(bad, T[: len(bad)])
+        assert str(e_fit.value) == str(e_solve.value)
+
+
+@pytest.mark.skipif(not fastlin.cuda_available(), reason="needs a usable CUDA GPU (or NUMBA_ENABLE_CUDASIM=1)")
+def test_cuda_model_solve_raises_not_implemented_and_changes_nothing():
+    X, T = make(20, 3, 1, dtype=np.float32)
+    model = fastlin.Linear(3, 1, device="cuda", seed=0)
+    W, b = model.numpy()
+    with pytest.raises(NotImplementedError, match=r"model\.to\('cpu'\)"):
+        model.solve(X, T)
+    np.testing.assert_array_equal(model.numpy()[0], W)
+    np.testing.assert_array_equal(model.numpy()[1], b)
+    model.to("cpu").solve(X, T)  # the alternative it names works
+    _check_solution(model, X, T, rtol=1e-5)
+
+
+def test_cuda_gram_sums_say_what_to_do_instead():
+    from fastlin.backends import cuda_ops
+
+    with pytest.raises(NotImplementedError, match=r"model\.to\('cpu'\).*fit"):
+        cuda_ops.gram_sums(np.zeros((2, 2)), np.zeros((2, 1)))
+
+
+# --------------------------------------------------------------------------
+# properties
+# --------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    d=st.integers(1, 8),
+    o=st.integers(1, 3),
+    bias=st.booleans(),
+    weight_decay=st.sampled_from([0.0, 1e-3, 0.5]),
+    seed=st.integers(0, 2**31),
+)
+def test_property_gradient_vanishes_at_the_solution(n, d, o, bias, weight_decay, seed):
+    X, T = make(n, d, o, seed=seed)
+    model = fastlin.Linear(d, o, bias=bias, dtype=np.float64)
+    model.solve(X, T, weight_decay=weight_decay)
+    W, b = model.numpy()
+    if weight_decay == 0.0 and n <= d + bias:
+        # interpolation: every residual is zero
+        np.testing.assert_allclose(model(X), T, atol=1e-8 * (1 + np.abs(T).max()))
+        return
+    g = model.gradients(X, T)
+    scale = 1.0 + float(np.abs(T).max()) * (1.0 + float(np.abs(X).max())) ** 2
+    np.testing.assert_allclose(g.weight + weight_decay * W, 0.0, atol=1e-9 * scale)
+    if bias:
+        np.testing.assert_allclose(g.bias + weight_decay * b, 0.0, atol=1e-9 * scale)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31), weight_decay=st.sampled_from([0.0, 0.01]))
+def test_property_solve_agrees_with_a_long_sgd_fit(seed, weight_decay):
+    X, T = make(200, 4, 2, seed=seed)
+    solved = fastlin.Linear(4, 2, dtype=np.float64)
+    solved.solve(X, T, weight_decay=weight_decay)
+    trained = fastlin.Linear(4, 2, dtype=np.float64, seed=0)
+    trained.fit(X, T, steps=3000, opt=fastlin.SGD(0.1, momentum=0.9, weight_decay=weight_decay))
+    np.testing.assert_allclose(trained.weight, solved.weight, atol=1e-6)
+    np.testing.assert_allclose(trained.bias, solved.bias, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 12),
+    d=st.integers(1, 6),
+    o=st.integers(1, 2),
+    bias=st.booleans(),
+    duplicate=st.booleans(),
+    weight_decay=st.sampled_from([0.0, 0.1]),
+    seed=st.integers(0, 2**31),
+)
+def test_property_solve_is_lstsq_minimum_norm(n, d, o, bias, duplicate, weight_decay, seed):
+    X, T = make(n, d, o, seed=seed)
+    if duplicate:  # an exactly collinear column
+        X = np.column_stack([X, 0.5 * X[:, 0]])
+    model = fastlin.Linear(X.shape[1], o, bias=bias, dtype=np.float64)
+    model.solve(X, T, weight_decay=weight_decay)
+    _check_solution(model, X, T, weight_decay, rtol=1e-7)
