@@ -218,13 +218,24 @@ def _read_bandwidth(problem):
     return results[method], method
 
 
+def _ieee_matmul(torch):
+    """fp32 matrix products in IEEE fp32, no TF32.  torch >= 2.9 has
+    ``fp32_precision`` and warns about the old ``allow_tf32`` switch (an
+    error under pytest's ``filterwarnings = error``)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = "ieee"
+    else:
+        matmul.allow_tf32 = False
+
+
 @functools.lru_cache(maxsize=1)
 def _gemm_rate():
     """fp32 SGEMM flop/s (torch, TF32 off), or None without torch."""
     torch = _torch()
     if torch is None or TINY:
         return None
-    torch.backends.cuda.matmul.allow_tf32 = False
+    _ieee_matmul(torch)
     a = torch.randn(8192, 8192, device="cuda")
     return 2 * 8192**3 / _best_seconds(lambda: a @ a, 5)
 

@@ -61,25 +61,52 @@ def sgd_update(p, g, buf, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nes
     return p - lr * g, buf
 
 
-def splitmix64(x):
-    """One step of SplitMix64 on Python ints: (next state, 64 random bits)."""
-    x = (x + 0x9E3779B97F4A7C15) & MASK64
-    z = x
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-    return x, z ^ (z >> 31)
+def _hash32(x):
+    """lowbias32 (C. Wellons) of a 32-bit value, on Python ints."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
 
 
 def epoch_permutation(seed, epoch, n):
-    """The documented shuffle: Fisher-Yates driven by SplitMix64 seeded with
-    ``seed XOR (epoch · 0xD1B54A32D192ED03)``."""
-    perm = list(range(n))
-    x = (seed ^ ((epoch * 0xD1B54A32D192ED03) & MASK64)) & MASK64
-    for i in range(n - 1, 0, -1):
-        x, z = splitmix64(x)
-        j = z % (i + 1)
-        perm[i], perm[j] = perm[j], perm[i]
-    return np.array(perm)
+    """The documented shuffle: epoch ``epoch`` of a fit seeded ``seed`` visits
+    rows ``order[0], order[1], ...`` where ``order[i]`` is ``i`` sent through a
+    8-round Feistel network on ``2h`` bits (``h`` the least with ``4**h >= n``)
+    and sent through again while it is ``>= n`` (cycle-walking).  Round ``r``
+    maps the halves ``(L, R)`` to ``(R, L XOR hash(R XOR key_r))``, the key
+    ``key_r`` being the hash chained over ``0x9E3779B9 XOR r``, the 32-bit halves
+    of seed and epoch (low first) and ``r · 0x85EBCA6B``.
+    """
+    seed &= MASK64
+    epoch &= MASK64
+    words = [seed & 0xFFFFFFFF, seed >> 32, epoch & 0xFFFFFFFF, epoch >> 32]
+    keys = []
+    for r in range(8):
+        key = 0x9E3779B9 ^ r
+        for w in [*words, (r * 0x85EBCA6B) & 0xFFFFFFFF]:
+            key = _hash32(key ^ w)
+        keys.append(key)
+    h = 0
+    while 4**h < n:
+        h += 1
+    half = (1 << h) - 1
+
+    def network(x):
+        left, right = x >> h, x & half
+        for key in keys:
+            left, right = right, (left ^ _hash32(right ^ key)) & half
+        return (left << h) | right
+
+    order = []
+    for i in range(n):
+        x = network(i)
+        while x >= n:
+            x = network(x)
+        order.append(x)
+    return np.array(order, dtype=np.int64)
 
 
 def fit(X, T, W, b, steps, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,

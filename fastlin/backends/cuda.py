@@ -4,8 +4,11 @@ Kernels only: no validation, no allocation.  :mod:`fastlin.backends.cuda_ops`
 allocates, picks the launch configuration and launches.  The same operation
 has the same name as on the CPU: ``forward``, ``sse``, ``model_sse``,
 ``mse_grad``, ``backward``, ``fused_step``, ``fit_steps``, ``apply_update``,
-``epoch_permutation``, ``all_finite``.  A few have helpers for large shapes
-(``residual``, ``grad_partials``, ``update_check``/``update_apply``).
+``epoch_permutation``, ``all_finite``.  A few are pairs of launches or have
+helpers for large shapes (``fused_step`` = ``step_partials`` +
+``step_update``; ``residual``, ``grad_partials``, ``update_check`` /
+``update_apply``).  ``epoch_permutation`` draws the order of
+:mod:`.permute` in parallel (``shuffle_epoch``, ``counter_permutation``).
 
 This module imports ``numba.cuda``, so only :mod:`cuda_ops` imports it, and
 only once a CUDA device was asked for.  ``cuda.jit`` without a signature
@@ -21,23 +24,29 @@ Shapes and conventions
     element ``O·D + o`` is ``b[o]``.  Gradient partials use the same numbering.
 
 Accuracy
-    Every product and every sum is formed in float64, whatever the data's
-    dtype (float32 × float32 is exact in float64), exactly as the CPU kernels
-    do.  So there is no float32 arithmetic in any kernel, and no float64
-    literal can silently widen one: values are converted to float64 on load
-    and rounded once, on store.
+    The row-tile kernels of path F (the hot paths) follow the CPU kernels: a
+    dot product over one row is formed in the data's dtype (in ``parts``
+    pieces added in float64), the residual, the loss and every long sum in
+    float64, and gradient contributions in the data's dtype over runs of at
+    most TILE_ROWS rows, flushed into float64 sums -- one conversion per
+    gradient element and tile, not one per multiply-add.  The tiled path G
+    and the small kernels form every product and sum in float64 (values
+    converted on load, rounded once on store).
 
 Determinism
     Nothing is summed with atomics.  Every block writes its own partial sums;
-    they are added in a fixed order (block index order, then a fixed shared
-    memory tree).  The split depends on the shape and the block size only, so
+    they are added in a fixed order (strided shares in block index order,
+    then a fixed shared-memory tree).  The split depends on the shape and the
+    block size only, so
     results are bit-identical from run to run.  They can differ from the CPU
     in the last bits, because the CPU splits the rows differently.
 
 Block size
     ``TPB`` threads per 1-D block and ``TS``×``TS`` per 2-D tile are fixed at
-    import from ``FASTLIN_CUDA_TPB`` (default 256, a power of two) and
-    ``FASTLIN_CUDA_TILE`` (default 16, a power of two): kernels size their
+    import from ``FASTLIN_CUDA_TPB`` (default 256, a power of two up to
+    ``TPB_MAX`` = 256) and ``FASTLIN_CUDA_TILE`` (default 16, a power of two
+    up to ``TS_MAX`` = 16; larger values raise ValueError at import, as they
+    would not fit 48 KB of static shared memory or an SM's registers): kernels size their
     shared memory with them, so they are compile-time constants.  Tests set
     small values so that several blocks and the cross-block reduction run on
     tiny arrays.
@@ -46,13 +55,15 @@ Caching
     Kernels are cached on disk (numba's ``cache=True``, switched as for the
     CPU kernels by :mod:`fastlin._jit`) only with the default block sizes: a
     cache entry is keyed by the source file, not by the values of ``TPB`` and
-    ``TS`` baked into it, so other geometries always compile afresh.
+    ``TS`` baked into it, so other geometries always compile afresh.  (Nor
+    by :mod:`.cuda_loads` and :mod:`.permute`: after editing those, clear
+    the cache.)
 
 Device state
     ``state`` is a small int64 device vector: the host ``flags`` of
     :mod:`.abi` (momentum-initialised, epoch, position) followed by
     ``S_STATUS`` (the first non-OK status of a fit; later steps do nothing),
-    ``S_DONE`` (steps completed), ``S_COUNT`` (the last-block counter) and the
+    ``S_DONE`` (steps completed), ``S_COUNT`` (unused; kept so the layout stays) and the
     ``S_BAD``/``S_BADGRAD`` flags of the two-kernel update.  A fit keeps it,
     the losses and the shuffle order on the device and reads them back once.
 
@@ -70,8 +81,10 @@ import os
 
 import numpy as np
 from numba import cuda
+from numba.cuda import config as _cuda_config
 
 from .._jit import CACHE as _CACHE_ALLOWED
+from . import permute as _permute
 from .abi import (
     HP_DAMPENING,
     HP_LR,
@@ -87,6 +100,7 @@ from .abi import (
     ST_HAS_BUF,
     ST_POS,
 )
+from .cuda_loads import copy16, vec_width
 
 
 def _env_pow2(name, default, largest):
@@ -98,20 +112,41 @@ def _env_pow2(name, default, largest):
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
     if not 1 <= value <= largest or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two between 1 and {largest}, got {value}")
+        raise ValueError(
+            f"{name} must be a power of two between 1 and {largest}, got {value} "
+            "(larger blocks exceed 48 KB of static shared memory or the registers of an SM)"
+        )
     return value
 
 
-# Compile-time launch geometry (see "Block size" above).
-TPB = _env_pow2("FASTLIN_CUDA_TPB", 256, 1024)
-TS = _env_pow2("FASTLIN_CUDA_TILE", 16, 32)
+# Compile-time launch geometry (see "Block size" above).  The caps are what
+# compiles for sm_90 within 48 KB of static shared memory per block and the
+# register budget of a block (65,536 registers per SM): bench/gpu_static.py
+# measures both and tests/cuda/test_gpu_static.py checks them at the caps.
+TPB_MAX = 256
+TS_MAX = 16
+TPB = _env_pow2("FASTLIN_CUDA_TPB", 256, TPB_MAX)
+TS = _env_pow2("FASTLIN_CUDA_TILE", 16, TS_MAX)
 TS2 = TS * TS
-# Row-tile kernels (path "F"): at most OMAX outputs (the residuals of a tile
-# of TPB rows live in shared memory) and at most ACC gradient elements per
-# thread (register accumulators).  Larger layers take the tiled path "G".
-OMAX = 16
-ACC = 16
-RS_SIZE = TPB * OMAX
+# Row-tile kernels (path "F"): at most min(OMAX, TPB) outputs and at most
+# ACC gradient elements per thread (float64 register accumulators), so that
+# W (E <= ACC·TPB elements with its padding) fits the shared WS_SIZE.  A
+# tile of at most TILE_ROWS rows (the float32 run length, as the CPU's
+# FLUSH_ROWS) with rows padded to D + 1 lives in XS_SIZE.  At TPB = 256 the
+# shared memory is 23.5 KB for float32 data, 44.5 KB for float64.  Larger
+# layers take the tiled path "G".
+OMAX = 32
+ACC = 8
+TILE_ROWS = 64
+XS_SIZE = 12 * TPB
+WS_SIZE = ACC * TPB
+# The streaming kernels of path F promise ptxas TPB-thread blocks and 4
+# resident blocks per SM, which caps them at 64 registers: 50% occupancy
+# (bench/gpu_static.py checks that they do not spill).  numba's simulator
+# takes no launch bounds.
+ROWS_BOUNDS = {} if _cuda_config.ENABLE_CUDASIM else {"launch_bounds": (TPB, 4)}
+# _finish_step: at most this many threads add one element's partials.
+TEAM_MAX = min(32, TPB)
 TILE_SIZE = TS * (TS + 1)  # one padded TS×TS tile; the pad avoids bank conflicts
 CACHE = bool(_CACHE_ALLOWED and TPB == 256 and TS == 16)
 
@@ -135,11 +170,8 @@ C_ADVANCE = 4  # 1: a step moves (epoch, pos) on, as a fit does; 0: a lone step
 C_CHUNK = 5  # path F: batch rows per block
 C_GROUPS = 6  # path F: row groups of the gradient phase (0: loss only)
 C_KROWS = 7  # path G: batch rows per split of the gradient
-C_SIZE = 8
-
-_U64_MAX = 0xFFFFFFFFFFFFFFFF
-_U32_MASK = 0xFFFFFFFF
-
+C_VEC = 8  # path F: 1 when X's rows are 16-byte aligned (128-bit loads)
+C_SIZE = 9
 
 # ==========================================================================
 # device helpers
@@ -167,59 +199,27 @@ def _block_sum(value, red, n_threads):
     return total
 
 
-@cuda.jit(device=True)
-def _add64(a, b):
-    """``(a + b) mod 2**64`` for uint64 values without overflowing.
+# The counter-based permutation of :mod:`.permute`, compiled for the GPU from
+# the functions the CPU compiles (so both draw the same order).
+_half_bits = cuda.jit(device=True)(_permute.half_bits)
+_round_key = cuda.jit(device=True)(_permute.round_key)
+_permuted_index = cuda.jit(device=True)(_permute.permuted_index)
 
-    On the GPU a plain ``a + b`` wraps; in the simulator the same line runs on
-    numpy scalars, which warn on wrap-around.  This form is exact in both.
+
+@cuda.jit(device=True)
+def epoch_permutation(seed, epoch, h, perm, first, stride):
+    """Entries ``first, first + stride, ...`` of the row order
+    :func:`fastlin.backends.cpu.epoch_permutation` gives for (seed, epoch),
+    ``h = permute.half_bits(len(perm))``: each entry is computed on its own,
+    so the threads of a block or a grid fill ``perm`` together, O(n / threads).
     """
-    room = np.uint64(_U64_MAX) - b
-    if a > room:
-        return a - room - np.uint64(1)
-    return a + b
-
-
-@cuda.jit(device=True)
-def _mul64(a, b):
-    """``(a · b) mod 2**64`` for uint64 values, from 32-bit halves (no overflow)."""
-    mask = np.uint64(_U32_MASK)
-    al = a & mask
-    ah = a >> np.uint64(32)
-    bl = b & mask
-    bh = b >> np.uint64(32)
-    cross = (((ah * bl) & mask) + ((al * bh) & mask)) & mask
-    return _add64(al * bl, cross << np.uint64(32))
-
-
-@cuda.jit(device=True)
-def _splitmix64(x):
-    """One step of SplitMix64: returns (next state, 64 random bits).  Same
-    numbers as :func:`fastlin.backends.cpu._splitmix64`."""
-    x = _add64(x, np.uint64(0x9E3779B97F4A7C15))
-    z = x
-    z = _mul64(z ^ (z >> np.uint64(30)), np.uint64(0xBF58476D1CE4E5B9))
-    z = _mul64(z ^ (z >> np.uint64(27)), np.uint64(0x94D049BB133111EB))
-    return x, z ^ (z >> np.uint64(31))
-
-
-@cuda.jit(device=True)
-def epoch_permutation(seed, epoch, perm):
-    """Fill ``perm`` (int64, n) with the permutation of ``range(n)`` that
-    :func:`fastlin.backends.cpu.epoch_permutation` gives for (seed, epoch).
-
-    Fisher-Yates is sequential, so one thread runs it: O(n) per epoch.
-    """
+    keys = (
+        _round_key(seed, epoch, 0), _round_key(seed, epoch, 1), _round_key(seed, epoch, 2), _round_key(seed, epoch, 3),
+        _round_key(seed, epoch, 4), _round_key(seed, epoch, 5), _round_key(seed, epoch, 6), _round_key(seed, epoch, 7),
+    )  # permute.ROUNDS of them
     n = perm.shape[0]
-    for i in range(n):
-        perm[i] = i
-    x = seed ^ _mul64(np.uint64(epoch), np.uint64(0xD1B54A32D192ED03))
-    for i in range(n - 1, 0, -1):
-        x, z = _splitmix64(x)
-        j = np.int64(z % np.uint64(i + 1))
-        tmp = perm[i]
-        perm[i] = perm[j]
-        perm[j] = tmp
+    for i in range(first, n, stride):
+        perm[i] = _permuted_index(i, n, h, keys)
 
 
 @cuda.jit(device=True)
@@ -297,86 +297,160 @@ def _advance(state, n, n_rows):
 # path F: row tiles, X read once per step
 # ==========================================================================
 @cuda.jit(device=True)
-def _rows_partials(X, T, W, b, has_bias, rows, use_rows, start, lo, hi, groups, c, loss_p, part, rs, ridx, red):
+def _rows_partials(X, T, W, b, has_bias, rows, use_rows, start, lo, hi, groups, vec, c, loss_p, loss_at, part, part_at, xs, ws, rs, ridx, red):
     """Block level: loss and gradient sums over batch rows ``lo..hi``.
 
     Batch row ``k`` is data row ``rows[start + k]`` when ``use_rows`` (a
     shuffled mini-batch), else ``start + k``.  With ``r = x·Wᵀ + b − t``
-    writes the partials of chunk ``c``::
+    writes the partials of chunk ``c`` (``loss_at``, ``part_at``: where
+    they start in those arrays; fused_step passes one array for both)::
 
-        loss_p[c]          = Σ r²
-        part[c·E + o·D + d] = Σ r_o · x_d
-        part[c·E + O·D + o] = Σ r_o
+        loss_p[loss_at + c]            = Σ r²
+        part[part_at + c·E + o·D + d]  = Σ r_o · x_d
+        part[part_at + c·E + O·D + o]  = Σ r_o
 
-    ``groups == 0`` computes the loss only.  Rows go in tiles of TPB: first
-    one row per thread (its O residuals into shared ``rs``), then each thread
-    adds the tile into the gradient elements it owns.  When E < TPB the
-    threads split the tile's rows into ``groups`` interleaved groups, and the
-    groups are added in order at the end.  ``rs``, ``ridx``, ``red`` are
-    shared scratch (TPB·OMAX float64, TPB int64, TPB float64).
+    ``groups == 0`` computes the loss only.  W is copied into shared ``ws``
+    once; rows then go in tiles of ``tile_rows`` (at most TILE_ROWS, as many
+    as fit ``xs``, and at most TPB/O):
+
+    1. the block loads the tile into shared ``xs`` -- consecutive threads
+       take consecutive 16-byte pieces (``vec``: one ``LDG.E.128`` each,
+       see :mod:`.cuda_loads`) or elements, so every warp load is
+       coalesced and X is read from global memory once;
+    2. ``parts`` threads per (row, output) form the dot product from
+       shared memory in the data's dtype; their parts are added in float64,
+       the residual ``r`` (float64) gives the loss and goes to shared ``rs``
+       rounded to the data's dtype, as on the CPU;
+    3. each thread adds the tile into the gradient elements it owns (at
+       most ACC), in the data's dtype (a run of at most TILE_ROWS rows), and
+       flushes that run into its float64 sums.  When E < TPB the threads
+       split the tile's rows into ``groups`` interleaved groups, added in
+       order at the end.
+
+    Rows of ``xs`` and ``ws`` are padded to D + 1 elements, so that threads
+    reading one column of different rows hit different banks.  Shared
+    scratch: ``xs`` (XS_SIZE), ``ws`` (WS_SIZE), ``rs`` (TPB), all of X's
+    dtype; ``ridx`` (TILE_ROWS, int64); ``red`` (TPB, float64).
     """
     t = cuda.threadIdx.x
     n_out, n_in = W.shape
     od = n_out * n_in
     n_el = od + n_out
+    stride = n_in + 1
+    zero = X.dtype.type(0.0)
+    for idx in range(t, od, TPB):
+        o = idx // n_in
+        ws[idx + o] = W[o, idx - o * n_in]  # ws[o·stride + d]
+    tile_rows = min(TILE_ROWS, XS_SIZE // stride, TPB // n_out)
+    parts = TPB // (tile_rows * n_out)
+    width = vec_width(X)
+    n_vec = n_in // width
+    # The float64 sums: a register when a thread owns one element (E <= TPB),
+    # else the thread's own entries of ``part`` (no register array: it would
+    # cost the registers that 50% occupancy needs).
+    own = part_at + c * n_el
+    acc0 = 0.0
     lanes = min(n_el, TPB)
     g = t // lanes
     e0 = t - g * lanes
-    acc = cuda.local.array(ACC, np.float64)
-    for q in range(ACC):
-        acc[q] = 0.0
+    if n_el > TPB and groups == 1:
+        for k in range(ACC):
+            e = e0 + k * TPB
+            if e < n_el:
+                part[own + e] = 0.0
     loss = 0.0
-    for tile in range(lo, hi, TPB):
-        nr = min(TPB, hi - tile)
+    for tile in range(lo, hi, tile_rows):
+        nr = min(tile_rows, hi - tile)
+        # (thread roles are recomputed per tile: cheaper than the registers)
+        p = t // parts  # this thread's (row, output) pair of step 2
+        q = t - p * parts
+        lanes = min(n_el, TPB)
+        g = t // lanes  # this thread's row group of step 3 ...
+        e0 = t - g * lanes  # ... and its first gradient element
         if t < nr:
             k = tile + t
-            i = rows[start + k] if use_rows else start + k
-            ridx[t] = i
-            for o in range(n_out):
-                s = 0.0
-                for d in range(n_in):
-                    s += np.float64(X[i, d]) * np.float64(W[o, d])
-                if has_bias:
-                    s += b[o]
-                r = s - T[i, o]
-                rs[t * n_out + o] = r
-                loss += r * r
+            ridx[t] = rows[start + k] if use_rows else start + k
+        cuda.syncthreads()  # ridx (and ws, the first time)
+        if vec:
+            for v in range(t, nr * n_vec, TPB):
+                j = v // n_vec
+                col = (v - j * n_vec) * width
+                copy16(X, ridx[j], col, xs, j * stride + col)
+        else:
+            for v in range(t, nr * n_in, TPB):
+                j = v // n_in
+                d = v - j * n_in
+                xs[j * stride + d] = X[ridx[j], d]
+        cuda.syncthreads()
+        s = zero
+        if p < nr * n_out:
+            j = p // n_out
+            o = p - j * n_out
+            for d in range(q, n_in, parts):
+                s += xs[j * stride + d] * ws[o * stride + d]
+        red[t] = s
+        cuda.syncthreads()
+        if q == 0 and p < nr * n_out:
+            j = p // n_out
+            o = p - j * n_out
+            dot = 0.0
+            for qq in range(parts):
+                dot += red[t + qq]
+            if has_bias:
+                dot += b[o]
+            r = dot - T[ridx[j], o]
+            rs[p] = r  # rs[j·O + o], rounded to X's dtype
+            loss += r * r
         cuda.syncthreads()
         if g < groups:
-            for q in range(ACC):
-                e = e0 + q * TPB
+            for k in range(ACC):
+                e = e0 + k * TPB
                 if e < n_el:
-                    a = acc[q]
+                    a = zero
                     if e < od:
                         o = e // n_in
                         d = e - o * n_in
                         for j in range(g, nr, groups):
-                            a += rs[j * n_out + o] * X[ridx[j], d]
+                            a += rs[j * n_out + o] * xs[j * stride + d]
                     else:
                         o = e - od
                         for j in range(g, nr, groups):
                             a += rs[j * n_out + o]
-                    acc[q] = a
-        cuda.syncthreads()  # rs and ridx are overwritten by the next tile
+                    if n_el > TPB:
+                        part[own + e] += a
+                    else:
+                        acc0 += a
+        cuda.syncthreads()  # xs, rs and ridx are overwritten by the next tile
     total = _block_sum(loss, red, TPB)
+    lanes = min(n_el, TPB)
+    g = t // lanes
+    e0 = t - g * lanes
     if t == 0:
-        loss_p[c] = total
+        loss_p[loss_at + c] = total
     if groups == 1:
-        if g == 0:
-            for q in range(ACC):
-                e = e0 + q * TPB
-                if e < n_el:
-                    part[c * n_el + e] = acc[q]
+        if n_el <= TPB and g == 0:
+            part[own + e0] = acc0
     elif groups > 1:
         # groups > 1 only when E <= TPB/2: one element per thread.
-        red[t] = acc[0] if g < groups else 0.0
+        red[t] = acc0 if g < groups else 0.0
         cuda.syncthreads()
         if g == 0:
-            s = 0.0
+            s2 = 0.0
             for gg in range(groups):
-                s += red[gg * lanes + e0]
-            part[c * n_el + e0] = s
+                s2 += red[gg * lanes + e0]
+            part[own + e0] = s2
         cuda.syncthreads()
+
+
+@cuda.jit(device=True)
+def _team_size(n_parts, n_upd):
+    """Threads that add one element's partials together in :func:`_finish_step`:
+    a power of two up to TEAM_MAX, while at most 4 rounds of the block cover
+    the elements (and never more threads than partials)."""
+    tm = 1
+    while tm * 2 <= TEAM_MAX and tm * 2 <= n_parts and tm * 2 * n_upd <= 4 * TPB:
+        tm *= 2
+    return tm
 
 
 @cuda.jit(device=True)
@@ -384,8 +458,11 @@ def _finish_step(W, b, bufW, bufb, hp, state, cfg, loss_p, part, n_parts, scratc
     """Block level: add the partials, check the SGD update, write it (or
     nothing), and record the loss and status in ``state``.
 
-    Called by the last block of :func:`fused_step` and by every step of
-    :func:`fit_steps`.  Returns the status.
+    Called by :func:`step_update` and by every step of
+    :func:`fit_steps`.  Each element's ``n_parts`` partials are added by a
+    team of :func:`_team_size` threads (each a fixed strided share, then a
+    fixed shared-memory tree), so a long list of partials is not a serial
+    tail and the result does not depend on scheduling.  Returns the status.
     """
     t = cuda.threadIdx.x
     n_out, n_in = W.shape
@@ -405,11 +482,28 @@ def _finish_step(W, b, bufW, bufb, hp, state, cfg, loss_p, part, n_parts, scratc
         scale = 2.0 / (n * n_out)
     has_buf = state[S_HAS_BUF] != 0
     bad = 0
-    for e in range(t, n_upd, TPB):
+    tm = _team_size(n_parts, n_upd)
+    per_round = TPB // tm
+    slot = t // tm
+    m = t - slot * tm
+    for e_first in range(0, n_upd, per_round):
+        e = e_first + slot
         grad = 0.0
-        for c in range(n_parts):
-            grad += part[c * n_el + e]
-        if not _new_value(W, b, bufW, bufb, hp, e, od, n_in, scale * grad, has_buf, scratch, n_el):
+        if e < n_upd:
+            for c in range(m, n_parts, tm):
+                grad += part[c * n_el + e]
+        if tm > 1:
+            red[t] = grad
+            cuda.syncthreads()
+            half = tm // 2
+            while half > 0:
+                if m < half:
+                    red[t] += red[t + half]
+                cuda.syncthreads()
+                half //= 2
+            grad = red[t]
+            cuda.syncthreads()  # red is written again by the next round
+        if m == 0 and e < n_upd and not _new_value(W, b, bufW, bufb, hp, e, od, n_in, scale * grad, has_buf, scratch, n_el):
             bad = 1
     any_bad = cuda.syncthreads_or(bad)
     if not math.isfinite(sse):
@@ -435,69 +529,81 @@ def _finish_step(W, b, bufW, bufb, hp, state, cfg, loss_p, part, n_parts, scratc
     return status
 
 
-@cuda.jit(cache=CACHE)
-def mse_grad(X, T, W, b, has_bias, chunk_rows, groups, loss_p, part):
+@cuda.jit(cache=CACHE, **ROWS_BOUNDS)
+def mse_grad(X, T, W, b, has_bias, chunk_rows, groups, vec, loss_p, part):
     """Partial MSE sums of chunk ``blockIdx.x`` (path F; see
     :func:`_rows_partials`).  Grid: one block of TPB threads per chunk of
     ``chunk_rows`` rows.  ``loss_p`` float64 (C,), ``part`` float64 (C·E,);
-    :func:`reduce_grad` adds them up.  ``groups == 0``: loss only.
+    :func:`reduce_grad` adds them up.  ``groups == 0``: loss only; ``vec``:
+    X's rows are 16-byte aligned (128-bit loads).
     """
-    rs = cuda.shared.array(RS_SIZE, np.float64)
-    ridx = cuda.shared.array(TPB, np.int64)
+    xs = cuda.shared.array(XS_SIZE, X.dtype)
+    ws = cuda.shared.array(WS_SIZE, X.dtype)
+    rs = cuda.shared.array(TPB, X.dtype)
+    ridx = cuda.shared.array(TILE_ROWS, np.int64)
     red = cuda.shared.array(TPB, np.float64)
     c = cuda.blockIdx.x
     lo = c * chunk_rows
     hi = min(lo + chunk_rows, X.shape[0])
-    _rows_partials(X, T, W, b, has_bias, ridx, False, 0, lo, hi, groups, c, loss_p, part, rs, ridx, red)
+    _rows_partials(X, T, W, b, has_bias, ridx, False, 0, lo, hi, groups, vec, c, loss_p, 0, part, 0, xs, ws, rs, ridx, red)
+
+
+@cuda.jit(cache=CACHE, **ROWS_BOUNDS)
+def step_partials(X, T, W, b, state, perm, cfg, work, has_bias, shuffle, groups, vec, chunk_rows):
+    """First kernel of an SGD step on the current batch (path F): the partials.
+
+    Grid: one block of TPB threads per chunk of ``chunk_rows`` batch rows;
+    block ``c`` writes its loss and gradient partials (see
+    :func:`_rows_partials`) into ``work`` = [loss_p (C) | part (C·E) |
+    scratch (2E)].  The batch is rows ``pos..pos+n`` of the (shuffled, via
+    ``perm``) data, ``pos = state[S_POS]``.  Does nothing once
+    ``state[S_STATUS]`` is not OK, so a fit can queue its steps without
+    waiting for each.  :func:`step_update` follows it.  The plan's fixed
+    settings come as scalars (``cfg``'s C_HAS_BIAS, C_SHUFFLE, C_GROUPS,
+    C_VEC, C_CHUNK): values read from memory would stay in registers across
+    the row loop, and the kernel would spill.
+    """
+    xs = cuda.shared.array(XS_SIZE, X.dtype)
+    ws = cuda.shared.array(WS_SIZE, X.dtype)
+    rs = cuda.shared.array(TPB, X.dtype)
+    ridx = cuda.shared.array(TILE_ROWS, np.int64)
+    red = cuda.shared.array(TPB, np.float64)
+    if state[S_STATUS] != OK:
+        return
+    c = cuda.blockIdx.x
+    pos = state[S_POS]
+    n = min(cfg[C_BATCH], cfg[C_NROWS] - pos)
+    lo = c * chunk_rows
+    hi = min(lo + chunk_rows, n)  # a short last batch leaves late chunks empty (zeros)
+    _rows_partials(X, T, W, b, has_bias, perm, shuffle, pos, lo, hi, groups, vec, c, work, 0, work, cuda.gridDim.x, xs, ws, rs, ridx, red)
 
 
 @cuda.jit(cache=CACHE)
-def fused_step(X, T, W, b, bufW, bufb, hp, state, perm, cfg, work, losses):
-    """One SGD step on the current batch, in one launch (path F).
+def step_update(W, b, bufW, bufb, hp, state, cfg, work, n_chunks, losses):
+    """Second kernel of a path-F step, ONE block of TPB threads: add the
+    ``n_chunks`` partials of :func:`step_partials` (:func:`_finish_step`: a
+    fixed tree per element), check and apply the update, and record the
+    loss in ``losses[state[S_DONE]]`` and the status in ``state``.
 
-    Grid: one block of TPB threads per chunk of ``cfg[C_CHUNK]`` batch rows.
-    Each block writes its partials into ``work`` = [loss_p (C) | part (C·E) |
-    scratch (2E)], then counts itself done; the last block to arrive adds the
-    partials in block order, checks and applies the update, and records the
-    loss in ``losses[state[S_DONE]]``.  The batch is rows ``pos..pos+n`` of
-    the (shuffled, via ``perm``) data, ``pos = state[S_POS]``.  Does nothing
-    once ``state[S_STATUS]`` is not OK, so a fit can queue its steps without
-    waiting for each.
+    A kernel of its own rather than the last block of the first: the
+    kernel boundary orders the partials before their reader (no fence, no
+    counter), and the streaming kernel keeps to the 64 registers of 50%
+    occupancy (with the update inside it, ptxas spilled).
     """
-    rs = cuda.shared.array(RS_SIZE, np.float64)
-    ridx = cuda.shared.array(TPB, np.int64)
     red = cuda.shared.array(TPB, np.float64)
-    last = cuda.shared.array(1, np.int64)
     if state[S_STATUS] != OK:
         return
-    t = cuda.threadIdx.x
-    c = cuda.blockIdx.x
-    n_chunks = cuda.gridDim.x
-    n_out, n_in = W.shape
-    n_el = n_out * n_in + n_out
+    n_el = W.shape[0] * W.shape[1] + W.shape[0]
+    n = min(cfg[C_BATCH], cfg[C_NROWS] - state[S_POS])
     loss_p = work[0:n_chunks]
     part = work[n_chunks : n_chunks + n_chunks * n_el]
     scratch = work[n_chunks + n_chunks * n_el : n_chunks + (n_chunks + 2) * n_el]
-    pos = state[S_POS]
-    n = min(cfg[C_BATCH], cfg[C_NROWS] - pos)
-    lo = c * cfg[C_CHUNK]
-    hi = min(lo + cfg[C_CHUNK], n)  # a short last batch leaves late chunks empty (zeros)
-    _rows_partials(
-        X, T, W, b, cfg[C_HAS_BIAS] != 0, perm, cfg[C_SHUFFLE] != 0, pos, lo, hi, cfg[C_GROUPS], c, loss_p, part, rs, ridx, red
-    )
-    # Publish this block's partials before counting it done (classic
-    # "last block" reduction: fence, then one atomic per block).
-    cuda.threadfence()
-    cuda.syncthreads()
-    if t == 0:
-        arrived = cuda.atomic.add(state, S_COUNT, 1)
-        last[0] = 1 if arrived == n_chunks - 1 else 0
-    cuda.syncthreads()
-    if last[0] == 0:
-        return
-    if t == 0:
-        state[S_COUNT] = 0  # ready for the next launch
     _finish_step(W, b, bufW, bufb, hp, state, cfg, loss_p, part, n_chunks, scratch, n, losses, red)
+
+
+# ``fused_step`` is the CPU name of a whole SGD step; on the GPU (path F) it
+# is these two launches.
+fused_step = (step_partials, step_update)
 
 
 @cuda.jit(cache=CACHE)
@@ -506,12 +612,14 @@ def fit_steps(X, T, W, b, bufW, bufb, hp, state, perm, cfg, seed, work, losses, 
 
     Twin of :func:`fastlin.backends.cpu.fit_steps`: batches of
     ``cfg[C_BATCH]`` rows walk through the data; with ``cfg[C_SHUFFLE]``
-    thread 0 draws each epoch's order with :func:`epoch_permutation`.
+    the block's threads draw each epoch's order with :func:`epoch_permutation`.
     ``work`` = [loss_p (1) | part (E) | scratch (2E)].  Stops at the first
     non-OK status (recorded in ``state``).
     """
-    rs = cuda.shared.array(RS_SIZE, np.float64)
-    ridx = cuda.shared.array(TPB, np.int64)
+    xs = cuda.shared.array(XS_SIZE, X.dtype)
+    ws = cuda.shared.array(WS_SIZE, X.dtype)
+    rs = cuda.shared.array(TPB, X.dtype)
+    ridx = cuda.shared.array(TILE_ROWS, np.int64)
     red = cuda.shared.array(TPB, np.float64)
     t = cuda.threadIdx.x
     n_out, n_in = W.shape
@@ -526,21 +634,35 @@ def fit_steps(X, T, W, b, bufW, bufb, hp, state, perm, cfg, seed, work, losses, 
             return
         pos = state[S_POS]
         if shuffle and pos == 0:
-            if t == 0:
-                epoch_permutation(seed, state[S_EPOCH], perm)
+            # the block's threads draw the order together (every thread
+            # reads the same pos, so all of them reach the barrier)
+            epoch_permutation(seed, state[S_EPOCH], _half_bits(n_rows), perm, t, TPB)
             cuda.syncthreads()
         n = min(cfg[C_BATCH], n_rows - pos)
-        _rows_partials(X, T, W, b, cfg[C_HAS_BIAS] != 0, perm, shuffle, pos, 0, n, cfg[C_GROUPS], 0, loss_p, part, rs, ridx, red)
+        _rows_partials(
+            X, T, W, b, cfg[C_HAS_BIAS] != 0, perm, shuffle, pos, 0, n, cfg[C_GROUPS], cfg[C_VEC] != 0, 0, loss_p, 0, part, 0, xs, ws, rs, ridx, red
+        )
         cuda.syncthreads()
         _finish_step(W, b, bufW, bufb, hp, state, cfg, loss_p, part, 1, scratch, n, losses, red)
 
 
 @cuda.jit(cache=CACHE)
+def counter_permutation(seed, epoch, h, perm):
+    """``perm`` = the whole row order of (seed, epoch), ``h =
+    permute.half_bits(len(perm))``, unconditionally: one entry per thread
+    (grid-stride), the numbers :func:`fastlin.backends.cpu.epoch_permutation`
+    gives.  Fits use :func:`shuffle_epoch`; this one serves tests and
+    benchmarks."""
+    epoch_permutation(seed, epoch, h, perm, cuda.grid(1), cuda.gridsize(1))
+
+
+@cuda.jit(cache=CACHE)
 def shuffle_epoch(seed, state, perm):
-    """One thread: draw this epoch's row order when a fit is at the start of
-    an epoch (launched by the host before such steps of a multi-launch fit)."""
-    if cuda.grid(1) == 0 and state[S_STATUS] == OK and state[S_POS] == 0:
-        epoch_permutation(seed, state[S_EPOCH], perm)
+    """Draw this epoch's row order when a fit is at the start of an epoch
+    (launched by the host before such steps of a multi-launch fit): one
+    thread per row, in as many blocks as needed (grid-stride beyond that)."""
+    if state[S_STATUS] == OK and state[S_POS] == 0:
+        epoch_permutation(seed, state[S_EPOCH], _half_bits(perm.shape[0]), perm, cuda.grid(1), cuda.gridsize(1))
 
 
 # ==========================================================================
@@ -891,9 +1013,11 @@ KERNELS = (
     "model_sse",
     "mse_grad",
     "backward",
-    "fused_step",
+    "step_partials",
+    "step_update",
     "fit_steps",
     "shuffle_epoch",
+    "counter_permutation",
     "residual",
     "grad_partials",
     "update_check",

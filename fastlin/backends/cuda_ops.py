@@ -7,11 +7,12 @@ the device state at the start of a call and back at the end).
 
 Two launch plans, chosen from the layer's shape (:func:`path_for`):
 
-``"F"`` (row tiles; at most ``cuda.OMAX`` outputs and ``cuda.ACC·cuda.TPB``
-    parameters)
-    A step is ONE launch of :func:`fastlin.backends.cuda.fused_step` that
-    reads X once; its last block adds the per-block partials and applies the
-    update.  Problems of the seed's size (``batch·O·D <= ONE_LAUNCH_WORK``)
+``"F"`` (row tiles; at most ``min(cuda.OMAX, cuda.TPB)`` outputs and
+    ``cuda.ACC·cuda.TPB`` parameters)
+    A step is two launches: :func:`fastlin.backends.cuda.step_partials`
+    reads X once (128-bit loads where the rows are 16-byte aligned) into
+    per-block partials, and :func:`fastlin.backends.cuda.step_update` (one
+    block) adds them with a fixed tree and applies the update.  Problems of the seed's size (``batch·O·D <= ONE_LAUNCH_WORK``)
     run a whole fit in one launch of one block
     (:func:`fastlin.backends.cuda.fit_steps`).
 ``"G"`` (any shape)
@@ -26,6 +27,7 @@ on the device, and the host reads the state back once at the end.
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 
 import numpy as np
@@ -33,7 +35,8 @@ from numba import cuda as _cuda
 from numba.cuda import config as _cuda_config
 
 from .._dispatch import is_device_array
-from .._validate import as_host_array, check_dtype_kind
+from .._errors import DeviceError
+from .._validate import as_host_array, check_dtype_kind, check_not_requires_grad
 from . import cuda as K
 from .abi import OK, ST_SIZE
 
@@ -41,9 +44,11 @@ name = "cuda"
 
 SIMULATOR = bool(_cuda_config.ENABLE_CUDASIM)
 
-# Path F splits a batch into at most MAX_CHUNKS blocks of at least one tile
-# (TPB rows).  It depends on the shape only, so results are reproducible.
-MAX_CHUNKS = 256
+# Path F splits a batch into at most MAX_CHUNKS blocks of at least TPB rows:
+# 1024 is about two waves of the 4 resident blocks on each of an H200's 132
+# SMs, so that every SM has loads in flight while other blocks compute.  It
+# depends on the shape only, so results are reproducible.
+MAX_CHUNKS = 1024
 # A whole fit runs in one launch of one block while a step has at most this
 # many multiply-adds: below it the launch cost (~20 µs from Python) exceeds
 # the step's work.  The benchmarks (bench/) measure the real crossover.
@@ -89,9 +94,18 @@ def n_params(n_out, n_in):
 
 def path_for(n_out, n_in):
     """The launch plan for a layer: "F" (row tiles) or "G" (TS×TS tiles)."""
-    if not FORCE_TILED and n_out <= K.OMAX and n_params(n_out, n_in) <= K.ACC * K.TPB:
+    if not FORCE_TILED and n_out <= min(K.OMAX, K.TPB) and n_params(n_out, n_in) <= K.ACC * K.TPB:
         return "F"
     return "G"
+
+
+def rows_aligned(X):
+    """True when every row of the C-contiguous device array X starts on a
+    16-byte boundary, so that path F may read it with 128-bit loads."""
+    if (X.shape[1] * X.dtype.itemsize) % 16:
+        return False
+    iface = X.__array_interface__ if SIMULATOR else X.__cuda_array_interface__
+    return iface["data"][0] % 16 == 0
 
 
 def plan_chunks(n_rows):
@@ -125,6 +139,7 @@ def _device_view(a, name):
         return a
     if not is_device_array(a):
         return None
+    check_not_requires_grad(a, name)  # the same message as for host tensors
     try:
         has_cai = hasattr(a, "__cuda_array_interface__")
     except Exception:
@@ -132,23 +147,57 @@ def _device_view(a, name):
     if not has_cai:
         return _from_dlpack(a, name)
     try:
-        return _cuda.as_cuda_array(a)
-    except Exception as exc:  # e.g. a torch tensor that requires grad
+        # A v3 interface names its producer's stream, which numba waits for.
+        view = _cuda.as_cuda_array(a)
+    except Exception as exc:  # a producer that refuses to export its memory
         raise TypeError(f"{name}: cannot view this GPU array through __cuda_array_interface__ ({exc})") from None
+    _wait_for_torch_stream(a)
+    return view
+
+
+def _consumer_stream():
+    """The DLPack number of the stream fastlin's kernels run on: numba
+    launches on the default stream, legacy (1) or per-thread (2)."""
+    return 2 if getattr(_cuda_config, "CUDA_PER_THREAD_DEFAULT_STREAM", 0) else 1
+
+
+def _wait_for_torch_stream(a):
+    """Order fastlin's kernels after the work queued on a torch tensor.
+
+    torch exports ``__cuda_array_interface__`` version 2, without a stream:
+    a tensor written on a side stream (``with torch.cuda.stream(s)``) may
+    still be in flight.  fastlin launches on the default stream, so make
+    torch's default stream wait for its current one: a device-side wait, no
+    host synchronisation, nothing at all on the default stream.  torch is
+    looked up, never imported (a torch tensor means torch is loaded).
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(a, torch.Tensor) or not a.is_cuda:
+        return
+    current = torch.cuda.current_stream(a.device)
+    default = torch.cuda.default_stream(a.device)
+    if current != default:
+        default.wait_stream(current)
 
 
 def _from_dlpack(a, name):
-    """View a DLPack-only GPU array (e.g. a JAX array) as a numba device array."""
-    from cuda.core.utils import StridedMemoryView
+    """View a DLPack-only GPU array (e.g. a JAX array) as a numba device array.
 
+    The producer is told the consumer's stream (DLPack's ``stream``
+    argument), so it orders its own pending work before fastlin's kernels;
+    nothing waits for the whole device.  Any failure is a TypeError naming
+    the argument; a missing ``cuda.core`` (it comes with numba-cuda) is a
+    DeviceError.
+    """
     try:
-        # stream_ptr=-1: no stream handshake; instead wait for the whole device
-        # once, which is safe for any producer stream.
-        view = StridedMemoryView.from_dlpack(a, stream_ptr=-1)
-    except Exception as exc:
+        from cuda.core.utils import StridedMemoryView
+    except ImportError as exc:
+        raise DeviceError(f"{name}: DLPack GPU arrays need cuda.core (installed with numba-cuda): {exc}") from None
+    try:
+        view = StridedMemoryView.from_dlpack(a, stream_ptr=_consumer_stream())
+        dtype = np.dtype(view.dtype)
+    except Exception as exc:  # noqa: BLE001 (whatever the producer raises, the user learns it as a TypeError)
         raise TypeError(f"{name}: cannot view this DLPack array on the GPU ({exc})") from None
-    _cuda.synchronize()
-    dtype = np.dtype(view.dtype)
     strides = None if view.strides is None else tuple(int(s) * dtype.itemsize for s in view.strides)
     desc = {
         "shape": tuple(int(s) for s in view.shape),
@@ -157,7 +206,10 @@ def _from_dlpack(a, name):
         "data": (int(view.ptr), bool(getattr(view, "readonly", False))),
         "version": 3,
     }
-    return _cuda.from_cuda_array_interface(desc, owner=a, sync=False)
+    try:
+        return _cuda.from_cuda_array_interface(desc, owner=a, sync=False)
+    except Exception as exc:  # noqa: BLE001 (as above)
+        raise TypeError(f"{name}: cannot view this DLPack array on the GPU ({exc})") from None
 
 
 def as_input(a, name, dtype):
@@ -311,7 +363,8 @@ def mse_grad(W, b, has_bias, X, T, scale, ws, dtype=None):
         chunk_rows, n_parts = plan_chunks(n_rows)
         loss_p = _scratch(ws, "loss_f", (n_parts,))
         part = _scratch(ws, "part_f", (n_parts * n_el,))
-        _launch(K.mse_grad, n_parts, K.TPB)(X, T, W, b, has_bias, chunk_rows, row_groups(n_out, n_in), loss_p, part)
+        groups = row_groups(n_out, n_in)
+        _launch(K.mse_grad, n_parts, K.TPB)(X, T, W, b, has_bias, chunk_rows, groups, rows_aligned(X), loss_p, part)
     else:
         loss_p, part, n_parts = _grad_g(W, b, has_bias, X, T, ws)
     dtype = W.dtype if dtype is None else np.dtype(dtype)
@@ -419,15 +472,16 @@ class FitPlan:
             self.part = _cuda.device_array(self.n_splits * n_el, dtype=np.float64)
             self.scratch = _cuda.device_array(2 * n_el + 1, dtype=np.float64)
         self._cfg_host = cfg
-        self.cfg = None  # uploaded by fit_steps, which knows has_bias
+        self.cfg = None  # uploaded by fit_steps, which knows has_bias and X
         self.state = _cuda.device_array(K.S_SIZE, dtype=np.int64)
         self._state_host = np.zeros(K.S_SIZE, dtype=np.int64)
         self._hp_host = None
         self._hp = None
 
-    def _upload(self, hp, has_bias):
-        if self.cfg is None or self._cfg_host[K.C_HAS_BIAS] != int(has_bias):
+    def _upload(self, hp, has_bias, vec):
+        if self.cfg is None or self._cfg_host[K.C_HAS_BIAS] != int(has_bias) or self._cfg_host[K.C_VEC] != int(vec):
             self._cfg_host[K.C_HAS_BIAS] = int(has_bias)
+            self._cfg_host[K.C_VEC] = int(vec)
             self.cfg = _cuda.to_device(self._cfg_host)
         if self._hp_host is None or not np.array_equal(self._hp_host, hp):
             self._hp_host = np.array(hp, dtype=np.float64)
@@ -438,15 +492,21 @@ class FitPlan:
         if self.one_launch:
             _launch(K.fit_steps, 1, K.TPB)(X, T, W, b, bufW, bufb, hp, self.state, self.perm, self.cfg, self.seed, self.work, losses, k)
             return
-        # One (path F) or four (path G) launches a step, queued without
+        # Two (path F) or four (path G) launches a step, queued without
         # waiting; the host follows the batch position only to know when an
         # epoch starts, and kernels do nothing once a step has failed.
         pos = int(flags[K.S_POS])
         for _ in range(k):
             if self.shuffle and pos == 0:
-                _launch(K.shuffle_epoch, 1, 1)(self.seed, self.state, self.perm)
+                # one thread per row: the order is drawn in parallel
+                _launch(K.shuffle_epoch, -(-self.perm.shape[0] // K.TPB), K.TPB)(self.seed, self.state, self.perm)
             if self.path == "F":
-                _launch(K.fused_step, self.n_chunks, K.TPB)(X, T, W, b, bufW, bufb, hp, self.state, self.perm, self.cfg, self.work, losses)
+                cfg = self._cfg_host
+                _launch(K.step_partials, self.n_chunks, K.TPB)(
+                    X, T, W, b, self.state, self.perm, self.cfg, self.work,
+                    bool(cfg[K.C_HAS_BIAS]), bool(cfg[K.C_SHUFFLE]), int(cfg[K.C_GROUPS]), bool(cfg[K.C_VEC]), int(cfg[K.C_CHUNK]),
+                )
+                _launch(K.step_update, 1, K.TPB)(W, b, bufW, bufb, hp, self.state, self.cfg, self.work, self.n_chunks, losses)
             else:
                 self._step_g(X, T, W, b, bufW, bufb, hp, losses)
             if self.advance:
@@ -477,7 +537,7 @@ def fit_steps(W, b, has_bias, bufW, bufb, hp, flags, X, T, plan, losses):
     k = losses.shape[0]
     if k == 0:
         return 0, OK
-    hp_d = plan._upload(hp, has_bias)
+    hp_d = plan._upload(hp, has_bias, plan.path == "F" and rows_aligned(X))
     host = plan._state_host
     host[:] = 0
     host[:ST_SIZE] = flags[:ST_SIZE]
@@ -486,3 +546,11 @@ def fit_steps(W, b, has_bias, bufW, bufb, hp, flags, X, T, plan, losses):
     plan.state.copy_to_host(host)  # the one wait of the call
     flags[:ST_SIZE] = host[:ST_SIZE]
     return int(host[K.S_DONE]), int(host[K.S_STATUS])
+
+
+def gram_sums(X, T, sample_weight=None, x_ref=None, t_ref=None):
+    """Not on the GPU yet: the exact solve's Gram pass runs on the CPU only."""
+    raise NotImplementedError(
+        "Linear.solve has no CUDA kernel yet: move the model to the CPU with model.to('cpu') "
+        "and solve there, or train it on the GPU with fit"
+    )
