@@ -33,8 +33,29 @@ Work buffers
         [ gW (O·D) | gb (O) | loss_p (C) | gW_p (C·O·D) | gb_p (C·O) ]
 
     where C is the number of chunks: ``gW``/``gb`` hold a batch's gradient
-    sums, the ``_p`` arrays each chunk's partial sums.  ``work_size`` gives
-    its length.
+    sums, the ``_p`` arrays each chunk's partial sums.  After them, used in
+    the data's dtype by the many-output kernel (:func:`_tile_scratch`)::
+
+        [ WT (D·P) | R_p (C·FLUSH_ROWS·P) ]
+
+    W transposed and zero-padded to P outputs (O rounded up to 8), and each
+    chunk's residuals.  ``work_size`` gives the whole length.
+
+Streaming kernels (one read of X per step)
+    ``_rows_partials`` picks, by the number of outputs O alone:
+
+    * O < ``TILE_MIN_OUT``: ``_rows_partials_pairs``, dot products along D
+      by groups of 4 rows and pairs of outputs (the tall case, O = 1);
+    * from ``TILE_MIN_OUT`` outputs, float32: ``_rows_partials_tiled``,
+      register tiles across outputs written with the vector intrinsics of
+      :mod:`._simd` (Numba's loop vectorizer would turn each accumulator of
+      a tile into a reduction over D and spill them).
+
+    Both follow the accuracy rules above and give the same sums up to
+    rounding.  Both prefetch every cache line of the rows they will read
+    next (``_simd.prefetch``): ``PREFETCH_ROWS`` positions ahead in a
+    shuffled mini-batch (``_prefetch_rows``), ``STREAM_AHEAD`` rows ahead
+    otherwise (``_prefetch_block``).
 
 SGD hyper-parameters
     ``hp`` is a float64 vector indexed by ``abi.HP_*``.  The update is
@@ -55,6 +76,19 @@ import numpy as np
 from numba import prange
 
 from .._jit import kernel, kernel_pair
+from . import permute as _permute
+from ._simd import (
+    prefetch,
+    vadd8,
+    vaddto8,
+    vbroadcast8,
+    vload8,
+    vmuladd8,
+    vresidual8,
+    vstore8,
+    vsum8,
+    vzeros8,
+)
 from .abi import (
     HP_DAMPENING,
     HP_LR,
@@ -71,18 +105,89 @@ from .abi import (
     ST_POS,
 )
 
-
 # Rows processed together: each load of a weight and of an X element then
 # feeds several multiply-adds, and the inner loops vectorise.
 GROUP = 4
 # Rows whose gradient contributions are summed in the data's dtype before
 # they are added into the float64 sums (a multiple of GROUP).
 FLUSH_ROWS = 64
+# From TILE_MIN_OUT outputs the streaming kernel forms predictions in tiles of
+# TILE_ROWS rows x OUT_TILE outputs held in registers: each step over d
+# broadcasts X[i, d] and multiplies it by the vector WT[d, o0:o0+8] of a
+# packed, transposed copy of W, so no dot product needs a horizontal sum.
+TILE_ROWS = 8
+OUT_TILE = 8
+TILE_MIN_OUT = 7  # measured: bench/RESULTS.md, kernel log
+# From this many outputs (and below TILE_MIN_OUT) the pair kernel sums its
+# gradient in the register tiles of the tiled kernel (measured 1.05-1.2x for
+# 4-6 outputs; 0.85-0.95x for 2, ~1.0x for 3).
+TILE_GRADIENT_MIN_OUT = 4
+# A shuffled batch asks for the row this many positions ahead while it works
+# on the current one (its address is random, so no hardware prefetcher can
+# guess it).  Measured on 1M x 64 float32 (bench/RESULTS.md, kernel log).
+PREFETCH_ROWS = 16
+# An unshuffled batch asks for the rows this far ahead: the hardware
+# prefetchers alone left the reads and the arithmetic of a 64-row run one
+# after the other (measured 1M x 64 -> 1, 8: 1.2-1.4x faster with it; 32 to
+# 256 rows ahead all within the noise).
+STREAM_AHEAD = 64
 
 
 def work_size(n_out, n_in, n_chunks):
-    """Length of the flat float64 work buffer for the reduction kernels."""
+    """Length of the flat float64 work buffer for the reduction kernels.
+
+    The carved sums (see the module docstring), then the many-output
+    kernel's packed weight (D, P) and each chunk's tile of residuals
+    (FLUSH_ROWS, P), with O rounded up to P, a multiple of ``OUT_TILE``;
+    one element of the data's dtype a slot.
+    """
+    return _sums_count(n_out, n_in, n_chunks) + _tile_count(n_out, n_in, n_chunks)
+
+
+# Plain functions, so that work_size (called from Python) and the kernels
+# (through the compiled twins below) share one formula.
+def _sums_count(n_out, n_in, n_chunks):
     return n_out * n_in + n_out + n_chunks * (1 + n_out * n_in + n_out)
+
+
+def _tile_count(n_out, n_in, n_chunks):
+    p = (n_out + OUT_TILE - 1) // OUT_TILE * OUT_TILE
+    return n_in * p + n_chunks * FLUSH_ROWS * p
+
+
+_sums_size = kernel(inline=True)(_sums_count)
+_tile_size = kernel(inline=True)(_tile_count)
+
+
+@kernel
+def _tile_scratch(work, X, W, n_chunks):
+    """``(tiled, WT, R_p)``: whether the many-output kernel runs, and its scratch.
+
+    ``WT`` (D, P) for the packed weight and ``R_p`` (n_chunks, FLUSH_ROWS, P)
+    for each chunk's residuals, in X's dtype, carved from the end of the
+    carved sums in ``work``.  The scratch is there for float32 data with at
+    least TILE_GRADIENT_MIN_OUT outputs, when ``work`` has room for it (``work_size`` gives it)
+    and X's rows are unit-stride (the vector loads assume so); otherwise it
+    is empty.  With it, ``tiled`` from TILE_MIN_OUT outputs, and below that
+    the pair kernel forms its gradient in register tiles.
+    float64 keeps the plain pair kernel: a tile of 8 float64 lanes takes
+    two AVX2 registers, the tiles spill, and measured 0.7-0.8x its speed.
+    """
+    n_out, n_in = W.shape
+    p = (n_out + OUT_TILE - 1) // OUT_TILE * OUT_TILE
+    at = _sums_size(n_out, n_in, n_chunks)
+    need = _tile_size(n_out, n_in, n_chunks)
+    usable = n_out >= TILE_GRADIENT_MIN_OUT and X.itemsize == 4 and work.shape[0] >= at + need and X.strides[1] == X.itemsize
+    tiled = usable and n_out >= TILE_MIN_OUT
+    if not usable:
+        p = 0
+        n_in = 0
+        n_chunks = 0
+        need = 0
+    tail = work[at : at + need].view(X.dtype)
+    WT = tail[0 : n_in * p].reshape((n_in, p))
+    R_p = tail[n_in * p : n_in * p + n_chunks * FLUSH_ROWS * p].reshape((n_chunks, FLUSH_ROWS, p))
+    return tiled, WT, R_p
 
 
 @kernel
@@ -178,8 +283,22 @@ def _model_sse(X, T, W, b, chunk_rows, loss_p):
 model_sse, model_sse_parallel = kernel_pair(_model_sse)
 
 
+@kernel(inline=True)  # a separate function would be optimised once more, with both kernels in it
+def _rows_partials(X, T, W, WT, b, rows, use_rows, start, lo, hi, gW, gb, acc, R, tiled):
+    """Loss and gradient sums over batch rows ``lo..hi`` (one chunk).
+
+    The many-output kernel when ``tiled`` (``WT`` packed by ``_pack_weight``,
+    ``R`` its residual scratch; see :func:`_tile_scratch`), else the
+    pair-of-outputs kernel (which ignores ``WT``, and uses ``R`` when it is
+    not empty).
+    """
+    if tiled:
+        return _rows_partials_tiled(X, T, W, WT, b, rows, use_rows, start, lo, hi, gW, gb, acc, R)
+    return _rows_partials_pairs(X, T, W, b, rows, use_rows, start, lo, hi, gW, gb, acc, R)
+
+
 @kernel
-def _rows_partials(X, T, W, b, rows, use_rows, start, lo, hi, gW, gb, acc):
+def _rows_partials_pairs(X, T, W, b, rows, use_rows, start, lo, hi, gW, gb, acc, R):
     """Loss and gradient sums over batch rows ``lo..hi`` (one chunk).
 
     Row ``k`` of the batch is row ``rows[start + k]`` of X when ``use_rows``
@@ -192,21 +311,35 @@ def _rows_partials(X, T, W, b, rows, use_rows, start, lo, hi, gW, gb, acc):
       an X element feeds eight multiply-adds;
     * the gradient accumulates in ``acc`` (O, D), in the data's dtype, and
       is added into the float64 ``gW`` every ``FLUSH_ROWS`` rows: few float64
-      conversions, and float32 sums of at most 64 terms.
+      conversions, and float32 sums of at most 64 terms;
+    * or, when ``R`` (FLUSH_ROWS, P >= O) is given (float32, from
+      ``TILE_GRADIENT_MIN_OUT`` outputs), the rounded residuals go into ``R``
+      and each run of FLUSH_ROWS rows is summed by ``_tile_gradient`` in
+      register tiles (the same rule: at most FLUSH_ROWS rows in the data's
+      dtype);
+    * the rows ``PREFETCH_ROWS`` positions ahead in a shuffled batch
+      (``use_rows``), or ``STREAM_AHEAD`` rows ahead otherwise, are
+      prefetched, X and T, every cache line.
     """
     n_out, n_in = W.shape
     cast = X.dtype.type
+    use_R = R.shape[0] > 0
     for o in range(n_out):  # (explicit loops: slice assignment costs ~10 ns here)
         gb[o] = 0.0
         for d in range(n_in):
             gW[o, d] = 0.0
             acc[o, d] = 0.0
+    for g in range(R.shape[0]):  # padding outputs: zero, so the gradient tiles add nothing
+        for o in range(n_out, R.shape[1]):
+            R[g, o] = 0.0
     loss = 0.0
     k = lo
     while k + GROUP <= hi:
         if use_rows:
+            _prefetch_rows(X, T, rows, start + k + PREFETCH_ROWS, GROUP)
             i0, i1, i2, i3 = rows[start + k], rows[start + k + 1], rows[start + k + 2], rows[start + k + 3]
         else:
+            _prefetch_block(X, T, start + k + STREAM_AHEAD, GROUP)
             i0 = start + k
             i1, i2, i3 = i0 + 1, i0 + 2, i0 + 3
         o = 0
@@ -232,9 +365,13 @@ def _rows_partials(X, T, W, b, rows, use_rows, start, lo, hi, gW, gb, acc):
             loss += r0 * r0 + r1 * r1 + r2 * r2 + r3 * r3
             gb[o] += r0 + r1 + r2 + r3
             f0, f1, f2, f3 = cast(r0), cast(r1), cast(r2), cast(r3)
+            g = (k - lo) % FLUSH_ROWS  # the group's first row in R
+            if use_R:
+                R[g, o], R[g + 1, o], R[g + 2, o], R[g + 3, o] = f0, f1, f2, f3
             if p == o:
-                for d in range(n_in):
-                    acc[o, d] += f0 * X[i0, d] + f1 * X[i1, d] + f2 * X[i2, d] + f3 * X[i3, d]
+                if not use_R:
+                    for d in range(n_in):
+                        acc[o, d] += f0 * X[i0, d] + f1 * X[i1, d] + f2 * X[i2, d] + f3 * X[i3, d]
                 break
             q0 = np.float64(c0) + b[p] - T[i0, p]
             q1 = np.float64(c1) + b[p] - T[i1, p]
@@ -243,15 +380,261 @@ def _rows_partials(X, T, W, b, rows, use_rows, start, lo, hi, gW, gb, acc):
             loss += q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3
             gb[p] += q0 + q1 + q2 + q3
             e0, e1, e2, e3 = cast(q0), cast(q1), cast(q2), cast(q3)
-            for d in range(n_in):
-                x0, x1, x2, x3 = X[i0, d], X[i1, d], X[i2, d], X[i3, d]
-                acc[o, d] += f0 * x0 + f1 * x1 + f2 * x2 + f3 * x3
-                acc[p, d] += e0 * x0 + e1 * x1 + e2 * x2 + e3 * x3
+            if use_R:
+                R[g, p], R[g + 1, p], R[g + 2, p], R[g + 3, p] = e0, e1, e2, e3
+            else:
+                for d in range(n_in):
+                    x0, x1, x2, x3 = X[i0, d], X[i1, d], X[i2, d], X[i3, d]
+                    acc[o, d] += f0 * x0 + f1 * x1 + f2 * x2 + f3 * x3
+                    acc[p, d] += e0 * x0 + e1 * x1 + e2 * x2 + e3 * x3
             o += 2
         k += GROUP
         if (k - lo) % FLUSH_ROWS == 0:
-            _flush(acc, gW)
-    _flush(acc, gW)
+            if use_R:
+                for t in range(0, n_out, OUT_TILE):
+                    _tile_gradient(X, R, rows, use_rows, start + k - FLUSH_ROWS, FLUSH_ROWS, t, gW)
+            else:
+                _flush(acc, gW)
+    m = (k - lo) % FLUSH_ROWS  # rows of the last, shorter run
+    if use_R:
+        if m:
+            for t in range(0, n_out, OUT_TILE):
+                _tile_gradient(X, R, rows, use_rows, start + k - m, m, t, gW)
+    else:
+        _flush(acc, gW)
+    while k < hi:  # the last rows of the chunk, one at a time, straight into float64
+        i = rows[start + k] if use_rows else start + k
+        for o in range(n_out):
+            r = np.float64(_dot(X, i, W, o)) + b[o] - T[i, o]
+            loss += r * r
+            gb[o] += r
+            f = cast(r)
+            for d in range(n_in):
+                gW[o, d] += f * X[i, d]
+        k += 1
+    return loss
+
+
+# --------------------------------------------------------------------------
+# many outputs: register tiles across outputs
+# --------------------------------------------------------------------------
+
+
+@kernel
+def _tile_forward(X, WT, ii, o0, R, g):
+    """``R[g + r, o0:o0+8] = X[ii[r]] · WT[:, o0:o0+8]`` for the 8 rows ``ii``.
+
+    The 8 x 8 tile stays in eight vector registers over the whole dot
+    product; each step over d costs one vector load of WT and eight
+    broadcasts of X for eight vector multiply-adds.
+    """
+    y0 = y1 = y2 = y3 = y4 = y5 = y6 = y7 = vzeros8(X)
+    i0, i1, i2, i3, i4, i5, i6, i7 = ii
+    for d in range(X.shape[1]):
+        w = vload8(WT, d, o0)
+        y0 = vmuladd8(y0, X[i0, d], w)
+        y1 = vmuladd8(y1, X[i1, d], w)
+        y2 = vmuladd8(y2, X[i2, d], w)
+        y3 = vmuladd8(y3, X[i3, d], w)
+        y4 = vmuladd8(y4, X[i4, d], w)
+        y5 = vmuladd8(y5, X[i5, d], w)
+        y6 = vmuladd8(y6, X[i6, d], w)
+        y7 = vmuladd8(y7, X[i7, d], w)
+    vstore8(R, g, o0, y0)
+    vstore8(R, g + 1, o0, y1)
+    vstore8(R, g + 2, o0, y2)
+    vstore8(R, g + 3, o0, y3)
+    vstore8(R, g + 4, o0, y4)
+    vstore8(R, g + 5, o0, y5)
+    vstore8(R, g + 6, o0, y6)
+    vstore8(R, g + 7, o0, y7)
+
+
+@kernel
+def _tile_forward16(X, WT, ii, o0, R, g):
+    """``R[g + r, o0:o0+16] = X[ii[r]] · WT[:, o0:o0+16]`` for the 4 rows ``ii``.
+
+    The wider tile for 16 outputs: two vector loads of WT and four
+    broadcasts of X feed eight multiply-adds (the 8 x 8 tile needs nine).
+    """
+    y0 = y1 = y2 = y3 = z0 = z1 = z2 = z3 = vzeros8(X)
+    i0, i1, i2, i3 = ii
+    o1 = o0 + 8
+    for d in range(X.shape[1]):
+        w = vload8(WT, d, o0)
+        v = vload8(WT, d, o1)
+        x = X[i0, d]
+        y0 = vmuladd8(y0, x, w)
+        z0 = vmuladd8(z0, x, v)
+        x = X[i1, d]
+        y1 = vmuladd8(y1, x, w)
+        z1 = vmuladd8(z1, x, v)
+        x = X[i2, d]
+        y2 = vmuladd8(y2, x, w)
+        z2 = vmuladd8(z2, x, v)
+        x = X[i3, d]
+        y3 = vmuladd8(y3, x, w)
+        z3 = vmuladd8(z3, x, v)
+    vstore8(R, g, o0, y0)
+    vstore8(R, g, o1, z0)
+    vstore8(R, g + 1, o0, y1)
+    vstore8(R, g + 1, o1, z1)
+    vstore8(R, g + 2, o0, y2)
+    vstore8(R, g + 2, o1, z2)
+    vstore8(R, g + 3, o0, y3)
+    vstore8(R, g + 3, o1, z3)
+
+
+@kernel
+def _tile_gradient(X, R, rows, use_rows, first, m, o0, gW):
+    """``gW[o0:o0+8] += R[:m, o0:o0+8]ᵀ · X[batch rows first .. first+m]``.
+
+    By 4 outputs x 16 columns of X: their sums over the m rows stay in eight
+    vector registers (a row costs two vector loads of X, four broadcasts of
+    R and eight multiply-adds; more accumulators would spill one onto the
+    stack, and its store-to-load round trip then sets the pace), and go into
+    the float64 ``gW`` once, after at most FLUSH_ROWS rows.  Outputs past
+    ``O`` (zero padding in R) are skipped; the last ``D % 16`` columns go by
+    8, then one at a time.
+    """
+    n_out, n_in = gW.shape
+    n16 = n_in // 16 * 16
+    n8 = n_in // 8 * 8
+    for q in range(o0, min(o0 + OUT_TILE, n_out), 4):
+        left = n_out - q  # real outputs among q .. q+3
+        for d0 in range(0, n16, 16):
+            a0 = a1 = a2 = a3 = c0 = c1 = c2 = c3 = vzeros8(X)
+            for g in range(m):
+                i = rows[first + g] if use_rows else first + g
+                xa = vload8(X, i, d0)
+                xc = vload8(X, i, d0 + 8)
+                r = vbroadcast8(R, g, q)
+                a0 = vmuladd8(a0, r, xa)
+                c0 = vmuladd8(c0, r, xc)
+                r = vbroadcast8(R, g, q + 1)
+                a1 = vmuladd8(a1, r, xa)
+                c1 = vmuladd8(c1, r, xc)
+                r = vbroadcast8(R, g, q + 2)
+                a2 = vmuladd8(a2, r, xa)
+                c2 = vmuladd8(c2, r, xc)
+                r = vbroadcast8(R, g, q + 3)
+                a3 = vmuladd8(a3, r, xa)
+                c3 = vmuladd8(c3, r, xc)
+            vaddto8(gW, q, d0, a0)
+            vaddto8(gW, q, d0 + 8, c0)
+            if left > 1:
+                vaddto8(gW, q + 1, d0, a1)
+                vaddto8(gW, q + 1, d0 + 8, c1)
+            if left > 2:
+                vaddto8(gW, q + 2, d0, a2)
+                vaddto8(gW, q + 2, d0 + 8, c2)
+            if left > 3:
+                vaddto8(gW, q + 3, d0, a3)
+                vaddto8(gW, q + 3, d0 + 8, c3)
+        if n8 > n16:
+            a0 = a1 = a2 = a3 = vzeros8(X)
+            for g in range(m):
+                i = rows[first + g] if use_rows else first + g
+                xa = vload8(X, i, n16)
+                a0 = vmuladd8(a0, vbroadcast8(R, g, q), xa)
+                a1 = vmuladd8(a1, vbroadcast8(R, g, q + 1), xa)
+                a2 = vmuladd8(a2, vbroadcast8(R, g, q + 2), xa)
+                a3 = vmuladd8(a3, vbroadcast8(R, g, q + 3), xa)
+            vaddto8(gW, q, n16, a0)
+            if left > 1:
+                vaddto8(gW, q + 1, n16, a1)
+            if left > 2:
+                vaddto8(gW, q + 2, n16, a2)
+            if left > 3:
+                vaddto8(gW, q + 3, n16, a3)
+    for o in range(o0, min(o0 + OUT_TILE, n_out)):
+        for g in range(m):
+            i = rows[first + g] if use_rows else first + g
+            f = R[g, o]
+            for d in range(n8, n_in):
+                gW[o, d] += f * X[i, d]
+
+
+@kernel
+def _pack_weight(W, WT):
+    """``WT[d, o] = W[o, d]``, and zero in the padding columns ``o >= O``."""
+    n_out, n_in = W.shape
+    for d in range(n_in):
+        for o in range(n_out):
+            WT[d, o] = W[o, d]
+        for o in range(n_out, WT.shape[1]):
+            WT[d, o] = 0.0
+
+
+@kernel
+def _rows_partials_tiled(X, T, W, WT, b, rows, use_rows, start, lo, hi, gW, gb, acc, R):
+    """:func:`_rows_partials_pairs` for many outputs (same sums, other arrangement).
+
+    ``WT`` (D, P) is W transposed and zero-padded to P columns (O rounded up
+    to a multiple of ``OUT_TILE``); ``R`` (FLUSH_ROWS, P) is scratch in the
+    data's dtype; ``acc`` is not used.  Each run of up to FLUSH_ROWS rows
+    (a multiple of TILE_ROWS) goes in three passes over rows that then sit
+    in L1:
+
+    1. predictions into ``R``, in register tiles of 4 rows x 16 outputs
+       (``_tile_forward16``) and, for a last odd tile, 8 rows x 8 outputs
+       (``_tile_forward``): each dot product in the data's dtype;
+    2. residuals ``r = y + b − t`` in float64 (8 outputs at a time,
+       ``vresidual8``): the loss and ``gb``, and ``r`` rounded to the data's
+       dtype back into ``R``;
+    3. ``gW += Rᵀ·X`` in register tiles of 4 outputs x 16 columns summed over
+       the run in the data's dtype, then added into the float64 ``gW``
+       (``_tile_gradient``): at most FLUSH_ROWS rows in the data's dtype.
+
+    The last ``< TILE_ROWS`` rows of a chunk go one at a time straight into
+    float64, as in the pair kernel.  The loss of the whole tiles is summed
+    lane by lane across rows, then over the lanes in a fixed order.
+    """
+    n_out, n_in = W.shape
+    n_tiles = WT.shape[1] // OUT_TILE
+    cast = X.dtype.type
+    for o in range(n_out):
+        gb[o] = 0.0
+        for d in range(n_in):
+            gW[o, d] = 0.0
+    for g in range(R.shape[0]):  # padding outputs: zero, so the gradient tiles add nothing
+        for o in range(n_out, R.shape[1]):
+            R[g, o] = 0.0
+    loss = 0.0
+    sq = vzeros8(gW)  # the whole tiles' squared residuals, lane by lane
+    k = lo
+    while k + TILE_ROWS <= hi:
+        m = min(FLUSH_ROWS, hi - k) // TILE_ROWS * TILE_ROWS
+        first = start + k
+        for g in range(0, m, TILE_ROWS):
+            at = first + g
+            if use_rows:
+                _prefetch_rows(X, T, rows, at + PREFETCH_ROWS, TILE_ROWS)
+                ii = (rows[at], rows[at + 1], rows[at + 2], rows[at + 3], rows[at + 4], rows[at + 5], rows[at + 6], rows[at + 7])
+            else:
+                _prefetch_block(X, T, at + STREAM_AHEAD, TILE_ROWS)
+                ii = (at, at + 1, at + 2, at + 3, at + 4, at + 5, at + 6, at + 7)
+            t = 0
+            while t + 2 <= n_tiles:  # 16 outputs at a time
+                _tile_forward16(X, WT, ii[:4], t * OUT_TILE, R, g)
+                _tile_forward16(X, WT, ii[4:], t * OUT_TILE, R, g + 4)
+                t += 2
+            if t < n_tiles:
+                _tile_forward(X, WT, ii, t * OUT_TILE, R, g)
+        full = n_out // OUT_TILE * OUT_TILE  # outputs in whole tiles: 8 residuals at a time
+        for g in range(m):
+            i = rows[first + g] if use_rows else first + g
+            for o0 in range(0, full, OUT_TILE):
+                sq = vadd8(sq, vresidual8(R, g, o0, T, i, b, gb))
+            for o in range(full, n_out):
+                r = np.float64(R[g, o]) + b[o] - T[i, o]
+                loss += r * r
+                gb[o] += r
+                R[g, o] = cast(r)
+        for t in range(n_tiles):
+            _tile_gradient(X, R, rows, use_rows, first, m, t * OUT_TILE, gW)
+        k += m
+    loss += vsum8(sq)
     while k < hi:  # the last rows of the chunk, one at a time, straight into float64
         i = rows[start + k] if use_rows else start + k
         for o in range(n_out):
@@ -266,6 +649,39 @@ def _rows_partials(X, T, W, b, rows, use_rows, start, lo, hi, gW, gb, acc):
 
 
 @kernel(inline=True)
+def _prefetch_block(X, T, at, count):
+    """Prefetch every cache line of rows ``at .. at+count`` of X and T (those that exist)."""
+    n_in = X.shape[1]
+    n_out = T.shape[1]
+    step = max(1, 64 // X.itemsize)
+    for i in range(at, min(at + count, X.shape[0])):
+        for d in range(0, n_in, step):
+            prefetch(X, i, d)
+        prefetch(X, i, n_in - 1)
+        prefetch(T, i, 0)
+        prefetch(T, i, n_out - 1)
+
+
+@kernel(inline=True)
+def _prefetch_rows(X, T, rows, at, count):
+    """Prefetch every cache line of rows ``rows[at : at + count]`` of X and T.
+
+    Positions past the end of ``rows`` are skipped; they may lie beyond the
+    current batch or chunk, which is what hides the latency at its start.
+    """
+    n_in = X.shape[1]
+    n_out = T.shape[1]
+    step = max(1, 64 // X.itemsize)  # elements per 64-byte line
+    for k in range(at, min(at + count, rows.shape[0])):
+        i = rows[k]
+        for d in range(0, n_in, step):
+            prefetch(X, i, d)
+        prefetch(X, i, n_in - 1)  # rows need not start on a line
+        prefetch(T, i, 0)
+        prefetch(T, i, n_out - 1)
+
+
+@kernel(inline=True)
 def _flush(acc, gW):
     """``gW += acc; acc = 0`` (acc in the data's dtype, gW in float64)."""
     for o in range(gW.shape[0]):
@@ -275,7 +691,7 @@ def _flush(acc, gW):
 
 
 @kernel(inline=True)
-def _chunked_sums(X, T, W, b, rows, use_rows, start, n, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc_p):
+def _chunked_sums(X, T, W, WT, b, rows, use_rows, start, n, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc_p, R_p, tiled):
     """Loss and gradient sums over a batch of ``n`` rows, split in chunks.
 
     Chunk ``c`` fills ``loss_p[c]``, ``gW_p[c]``, ``gb_p[c]`` -- in parallel,
@@ -287,7 +703,8 @@ def _chunked_sums(X, T, W, b, rows, use_rows, start, n, chunk_rows, gW, gb, loss
     for c in prange(n_chunks):
         lo = c * chunk_rows
         hi = min(lo + chunk_rows, n)
-        loss_p[c] = _rows_partials(X, T, W, b, rows, use_rows, start, lo, hi, gW_p[c], gb_p[c], acc_p[c])
+        R = R_p[c] if R_p.shape[0] else R_p[0:0].reshape((0, 0))
+        loss_p[c] = _rows_partials(X, T, W, WT, b, rows, use_rows, start, lo, hi, gW_p[c], gb_p[c], acc_p[c], R, tiled)
     loss = 0.0
     for o in range(n_out):
         gb[o] = 0.0
@@ -331,7 +748,11 @@ def mse_grad(X, T, W, b, chunk_rows, work, acc, dW, db):
     loss, ``c = 2`` for the sum.  ``dW`` (O, D) and ``db`` (O,) are float64.
     """
     no_rows = np.empty(0, dtype=np.int64)
-    return _rows_partials(X, T, W, b, no_rows, False, 0, 0, X.shape[0], dW, db, acc[0])
+    tiled, WT, R_p = _tile_scratch(work, X, W, 1)
+    if tiled:
+        _pack_weight(W, WT)
+    R = R_p[0] if R_p.shape[0] else R_p.reshape((0, 0))
+    return _rows_partials(X, T, W, WT, b, no_rows, False, 0, 0, X.shape[0], dW, db, acc[0], R, tiled)
 
 
 @kernel(parallel=True)
@@ -339,9 +760,13 @@ def mse_grad_parallel(X, T, W, b, chunk_rows, work, acc, dW, db):
     """:func:`mse_grad` over chunks of ``chunk_rows`` rows, in parallel."""
     n_rows = X.shape[0]
     n_out, n_in = W.shape
-    _, _, loss_p, gW_p, gb_p = _carve(work, n_out, n_in, (n_rows + chunk_rows - 1) // chunk_rows)
+    n_chunks = (n_rows + chunk_rows - 1) // chunk_rows
+    _, _, loss_p, gW_p, gb_p = _carve(work, n_out, n_in, n_chunks)
+    tiled, WT, R_p = _tile_scratch(work, X, W, n_chunks)
+    if tiled:
+        _pack_weight(W, WT)
     no_rows = np.empty(0, dtype=np.int64)
-    return _chunked_sums(X, T, W, b, no_rows, False, 0, n_rows, chunk_rows, dW, db, loss_p, gW_p, gb_p, acc)
+    return _chunked_sums(X, T, W, WT, b, no_rows, False, 0, n_rows, chunk_rows, dW, db, loss_p, gW_p, gb_p, acc, R_p, tiled)
 
 
 # --------------------------------------------------------------------------
@@ -504,8 +929,12 @@ def fused_step(X, T, W, b, has_bias, bufW, bufb, hp, state, chunk_rows, work, ac
     n_rows = X.shape[0]
     n_out, n_in = W.shape
     gW, gb, _, _, _ = _carve(work, n_out, n_in, 1)
+    tiled, WT, R_p = _tile_scratch(work, X, W, 1)
+    if tiled:
+        _pack_weight(W, WT)
+    R = R_p[0] if R_p.shape[0] else R_p.reshape((0, 0))
     no_rows = np.empty(0, dtype=np.int64)
-    sse_ = _rows_partials(X, T, W, b, no_rows, False, 0, 0, n_rows, gW, gb, acc[0])
+    sse_ = _rows_partials(X, T, W, WT, b, no_rows, False, 0, 0, n_rows, gW, gb, acc[0], R, tiled)
     return _finish_step(sse_, n_rows, W, b, has_bias, gW, gb, bufW, bufb, hp, state)
 
 
@@ -514,36 +943,42 @@ def fused_step_parallel(X, T, W, b, has_bias, bufW, bufb, hp, state, chunk_rows,
     """:func:`fused_step` over chunks of ``chunk_rows`` rows, in parallel."""
     n_rows = X.shape[0]
     n_out, n_in = W.shape
-    gW, gb, loss_p, gW_p, gb_p = _carve(work, n_out, n_in, (n_rows + chunk_rows - 1) // chunk_rows)
+    n_chunks = (n_rows + chunk_rows - 1) // chunk_rows
+    gW, gb, loss_p, gW_p, gb_p = _carve(work, n_out, n_in, n_chunks)
+    tiled, WT, R_p = _tile_scratch(work, X, W, n_chunks)
+    if tiled:
+        _pack_weight(W, WT)
     no_rows = np.empty(0, dtype=np.int64)
-    sse_ = _chunked_sums(X, T, W, b, no_rows, False, 0, n_rows, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc)
+    sse_ = _chunked_sums(X, T, W, WT, b, no_rows, False, 0, n_rows, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc, R_p, tiled)
     return _finish_step(sse_, n_rows, W, b, has_bias, gW, gb, bufW, bufb, hp, state)
 
 
-@kernel
-def _splitmix64(x):
-    """One step of SplitMix64: returns (next state, 64 random bits)."""
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    z = x
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x, z ^ (z >> np.uint64(31))
+# The counter-based permutation of :mod:`.permute`, compiled for the CPU
+# (the GPU compiles the same functions, so both draw the same order).
+_half_bits = kernel(inline=True)(_permute.half_bits)
+_round_key = kernel(inline=True)(_permute.round_key)
+_permuted_index = kernel(inline=True)(_permute.permuted_index)
 
 
 @kernel
 def epoch_permutation(seed, epoch, perm):
-    """Fill ``perm`` with a permutation of ``range(len(perm))`` that depends on
-    (seed, epoch) only (Fisher-Yates driven by SplitMix64)."""
+    """Fill ``perm`` (int64, n) with the row order of epoch ``epoch`` of a fit
+    seeded ``seed`` (uint64): ``perm[i] = permute.permuted_index(i, ...)``,
+    a permutation of ``range(n)`` that depends on (seed, epoch, n) only, the
+    one :func:`fastlin.backends.cuda.shuffle_epoch` draws on the GPU.
+
+    Each entry is computed independently (an 8-round Feistel network with
+    cycle-walking, see :mod:`.permute`); the array is kept because the row
+    kernels read ``perm[pos + k]`` and prefetch rows ahead from it.
+    """
     n = perm.shape[0]
+    h = _half_bits(n)
+    keys = (
+        _round_key(seed, epoch, 0), _round_key(seed, epoch, 1), _round_key(seed, epoch, 2), _round_key(seed, epoch, 3),
+        _round_key(seed, epoch, 4), _round_key(seed, epoch, 5), _round_key(seed, epoch, 6), _round_key(seed, epoch, 7),
+    )  # permute.ROUNDS of them
     for i in range(n):
-        perm[i] = i
-    x = np.uint64(seed) ^ (np.uint64(epoch) * np.uint64(0xD1B54A32D192ED03))
-    for i in range(n - 1, 0, -1):
-        x, z = _splitmix64(x)
-        j = np.int64(z % np.uint64(i + 1))
-        tmp = perm[i]
-        perm[i] = perm[j]
-        perm[j] = tmp
+        perm[i] = _permuted_index(i, n, h, keys)
 
 
 @kernel(inline=True)
@@ -582,9 +1017,13 @@ def fit_steps(X, T, W, b, has_bias, bufW, bufb, hp, state, perm, batch_size, shu
     n_rows = X.shape[0]
     n_out, n_in = W.shape
     gW, gb, _, _, _ = _carve(work, n_out, n_in, 1)
+    tiled, WT, R_p = _tile_scratch(work, X, W, 1)
+    R = R_p[0] if R_p.shape[0] else R_p.reshape((0, 0))
     for s in range(losses.shape[0]):
         pos, n = next_batch(state, perm, shuffle, seed, batch_size, n_rows)
-        sse_ = _rows_partials(X, T, W, b, perm, shuffle, pos, 0, n, gW, gb, acc[0])
+        if tiled:
+            _pack_weight(W, WT)
+        sse_ = _rows_partials(X, T, W, WT, b, perm, shuffle, pos, 0, n, gW, gb, acc[0], R, tiled)
         loss, status = _finish_step(sse_, n, W, b, has_bias, gW, gb, bufW, bufb, hp, state)
         losses[s] = loss
         if status != OK:
@@ -598,10 +1037,14 @@ def fit_steps_parallel(X, T, W, b, has_bias, bufW, bufb, hp, state, perm, batch_
     """:func:`fit_steps` with each batch split in chunks of ``chunk_rows`` rows."""
     n_rows = X.shape[0]
     n_out, n_in = W.shape
-    gW, gb, loss_p, gW_p, gb_p = _carve(work, n_out, n_in, (batch_size + chunk_rows - 1) // chunk_rows)
+    n_chunks = (batch_size + chunk_rows - 1) // chunk_rows
+    gW, gb, loss_p, gW_p, gb_p = _carve(work, n_out, n_in, n_chunks)
+    tiled, WT, R_p = _tile_scratch(work, X, W, n_chunks)
     for s in range(losses.shape[0]):
         pos, n = next_batch(state, perm, shuffle, seed, batch_size, n_rows)
-        sse_ = _chunked_sums(X, T, W, b, perm, shuffle, pos, n, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc)
+        if tiled:
+            _pack_weight(W, WT)
+        sse_ = _chunked_sums(X, T, W, WT, b, perm, shuffle, pos, n, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc, R_p, tiled)
         loss, status = _finish_step(sse_, n, W, b, has_bias, gW, gb, bufW, bufb, hp, state)
         losses[s] = loss
         if status != OK:
