@@ -127,7 +127,8 @@ def child_memory(case_name, library):
             opt = fastlin.SGD(lr=problem.lr)
             out["first_step_of_a_new_model"] = _measure_once(lambda: fresh.step(X, T, opt), nrt)
             # What the model keeps between steps (its scratch cache), as built.
-            out["scratch_kept_bytes"] = sum(getattr(v, "nbytes", 0) for v in getattr(fresh, "_ws", {}).values())
+            kept = {**fresh._step_ws, **fresh._scratch.ws}  # step's scratch, and this thread's for read-only calls
+            out["scratch_kept_bytes"] = sum(getattr(v, "nbytes", 0) for v in kept.values())
             if nrt is not None:
                 # One MemInfo per array argument is numba boxing the caller's
                 # arrays; what matters is that a longer fit allocates no more.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 import numpy as np
 
 from . import _validate
+from ._typing import ArrayLike, Linear
 from .backends import abi
 
 
@@ -65,12 +67,66 @@ class SGD:
 
     _HYPER = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
-    def __init__(self, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, lr: float, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False) -> None:
         values = _check_hyper(lr, momentum, dampening, weight_decay, nesterov)
         for key, value in zip(self._HYPER, values):
             object.__setattr__(self, key, value)
         self._states = weakref.WeakKeyDictionary()
+        self._init_caches()
+
+    def _init_caches(self):
+        """The lock and caches (never pickled: rebuilt here)."""
         self._hyper = {}
+        # Bumped after every change of a hyper-parameter: a vector cached
+        # under an older generation is stale (even one a concurrent hyper()
+        # call stored after the change).
+        self._generation = 0
+        self._lock = threading.Lock()  # guards creating and dropping states
+        self._resets = 0  # bumped by reset(): a remembered state may be gone
+        # The state handed out last, with what it was valid for: a step loop
+        # asks for the same model's state again and again, and a weak-keyed
+        # lookup costs ~5% of a small step.
+        self._last = (_dead_ref, None, -1, -1)
+
+    # ------------------------------------------------------------------
+    # pickle and copy
+    # ------------------------------------------------------------------
+    def __getstate__(self):
+        """Plain data: the hyper-parameters and, for each model this
+        optimiser has stepped, that model and host copies of its momentum
+        buffers and flags.
+
+        The models are pickled by reference, so ``pickle.dumps((model, opt))``
+        and ``copy.deepcopy((model, opt))`` give an optimiser whose state
+        belongs to the copied model.  An optimiser pickled without its models
+        carries copies of them that nothing else holds: on loading they go
+        at once, and their state with them (the buffers are kept weakly).
+        """
+        with self._lock:  # only to list the states; each is read under its model's lock
+            items = list(self._states.items())
+        states = []
+        for model, st in items:
+            with model._lock:  # not halfway through a step of that model
+                states.append((model, {"weight": _host(st.weight), "bias": _host(st.bias), "flags": st.flags.copy()}))
+        return {"format": PICKLE_FORMAT, "hyper": {k: getattr(self, k) for k in self._HYPER}, "states": states}
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict) or state.get("format") != PICKLE_FORMAT:
+            got = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"cannot restore a fastlin.SGD from this pickle (format {got!r}; this fastlin reads {PICKLE_FORMAT})")
+        values = _check_hyper(**state["hyper"])
+        for key, value in zip(self._HYPER, values):
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "_states", weakref.WeakKeyDictionary())
+        self._init_caches()
+        for model, saved in state["states"]:
+            ops = model._ops  # the model is restored before the optimiser that refers to it
+            st = _ModelState.__new__(_ModelState)
+            st.device = ops.name
+            st.weight = ops.from_host(np.asarray(saved["weight"]))
+            st.bias = ops.from_host(np.asarray(saved["bias"]))
+            st.flags = np.array(saved["flags"], dtype=np.int64)
+            self._states[model] = st
 
     def __repr__(self):
         return (
@@ -86,17 +142,21 @@ class SGD:
             values[name] = value
             checked = _check_hyper(**values)
             value = checked[self._HYPER.index(name)]
-            self._hyper.clear()
+            object.__setattr__(self, name, value)
+            object.__setattr__(self, "_generation", self._generation + 1)
+            return
         object.__setattr__(self, name, value)
 
-    def reset(self, model=None):
+    def reset(self, model: Linear | None = None) -> None:
         """Forget the momentum buffers (of ``model``, or of every model)."""
-        if model is None:
-            self._states.clear()
-        else:
-            self._states.pop(model, None)
+        with self._lock:
+            self._resets += 1
+            if model is None:
+                self._states.clear()
+            else:
+                self._states.pop(model, None)
 
-    def apply(self, model, weight_grad, bias_grad=None):
+    def apply(self, model: Linear, weight_grad: ArrayLike, bias_grad: ArrayLike | None = None) -> None:
         """Update ``model`` in place from gradients computed elsewhere.
 
         For layers trained through :meth:`fastlin.Linear.backward` (a layer
@@ -127,20 +187,27 @@ class SGD:
         """The float64 hyper-parameter vector the kernels read (cached).
 
         Internal: used by fastlin's layers and backends (layout in
-        :mod:`fastlin.backends.abi`).
+        :mod:`fastlin.backends.abi`).  A vector once returned is never
+        changed: after ``opt.lr = ...`` the next call returns a new one, so a
+        fit asks again before each compiled call.
         """
-        key = (reduction_sum, dtype)
-        hp = self._hyper.get(key)
-        if hp is None:
-            hp = np.empty(abi.HP_SIZE, dtype=np.float64)
-            hp[abi.HP_LR] = self.lr
-            hp[abi.HP_MOMENTUM] = self.momentum
-            hp[abi.HP_DAMPENING] = self.dampening
-            hp[abi.HP_WEIGHT_DECAY] = self.weight_decay
-            hp[abi.HP_NESTEROV] = float(self.nesterov)
-            hp[abi.HP_SUM] = float(reduction_sum)
-            hp[abi.HP_MAX] = float(np.finfo(dtype).max)
-            self._hyper[key] = hp
+        # Keyed by dtype alone (a tuple key costs more to hash than the rest
+        # of this call); one entry holds the vectors of both reductions.
+        generation = self._generation  # read before the values (see __init__)
+        got = self._hyper.get(dtype)
+        if got is None or got[0] != generation:
+            got = self._hyper[dtype] = (generation, self._hyper_vector(False, dtype), self._hyper_vector(True, dtype))
+        return got[2] if reduction_sum else got[1]
+
+    def _hyper_vector(self, reduction_sum, dtype):
+        hp = np.empty(abi.HP_SIZE, dtype=np.float64)
+        hp[abi.HP_LR] = self.lr
+        hp[abi.HP_MOMENTUM] = self.momentum
+        hp[abi.HP_DAMPENING] = self.dampening
+        hp[abi.HP_WEIGHT_DECAY] = self.weight_decay
+        hp[abi.HP_NESTEROV] = float(self.nesterov)
+        hp[abi.HP_SUM] = float(reduction_sum)
+        hp[abi.HP_MAX] = float(np.finfo(dtype).max)
         return hp
 
     def state_for(self, model, ops):
@@ -148,15 +215,25 @@ class SGD:
 
         Internal: used by fastlin's layers and backends.
         """
+        ref, st, generation, resets = self._last
+        if ref() is model and generation == self._generation and resets == self._resets and st.device == ops.name:
+            return st  # the common case: the same model as last time, nothing changed
+        generation, resets = self._generation, self._resets  # read before the state
         st = self._states.get(model)
-        if st is None or (self.momentum and not st.has_buffers()):
-            st = _ModelState(ops, model._W.shape, model.out_features, model.dtype, self.momentum)
-            self._states[model] = st
-        elif st.device != ops.name:
-            st.weight = ops.from_host(_host(st.weight))
-            st.bias = ops.from_host(_host(st.bias))
-            st.device = ops.name
-        return st
+        if st is not None and st.device == ops.name and (st.has_buffers() or not self.momentum):
+            self._last = (weakref.ref(model), st, generation, resets)
+            return st  # no lock taken
+        with self._lock:  # models stepped from several threads share this dict
+            st = self._states.get(model)
+            if st is None or (self.momentum and not st.has_buffers()):
+                st = _ModelState(ops, model._W.shape, model.out_features, model.dtype, self.momentum)
+                self._states[model] = st
+            elif st.device != ops.name:
+                st.weight = ops.from_host(_host(st.weight))
+                st.bias = ops.from_host(_host(st.bias))
+                st.device = ops.name
+            self._last = (weakref.ref(model), st, generation, resets)
+            return st
 
 
 def _check_hyper(lr, momentum, dampening, weight_decay, nesterov):
@@ -171,6 +248,13 @@ def _check_hyper(lr, momentum, dampening, weight_decay, nesterov):
             f"nesterov momentum requires momentum > 0 and dampening == 0, got momentum={momentum}, dampening={dampening}"
         )
     return lr, momentum, dampening, weight_decay, nesterov
+
+
+PICKLE_FORMAT = 1
+
+
+def _dead_ref():
+    return None
 
 
 def _host(a):

@@ -565,3 +565,26 @@ def test_fit_on_disk_data_matches_model_fit(on_cluster, tmp_path):
     # persist=False: every step reads the chunks from disk again, on the workers.
     hist = fd.fit(model, Xd, Td, steps=20, opt=fastlin.SGD(0.05, momentum=0.9), persist=False)
     assert_same_fit(model, hist, ref, h_ref)
+
+
+def test_hyper_parameters_set_by_a_callback_take_effect_at_the_next_step():
+    X, T = data(n=600)
+    ref = fastlin.Linear(7, 3, dtype=np.float64, seed=4)
+    model, fixed = ref.copy(), ref.copy()
+
+    def schedule(opt):
+        def callback(step, loss):
+            if step == 3:
+                opt.lr = opt.lr / 4
+            if step == 5:
+                opt.momentum = 0.5
+        return callback
+
+    opt_ref, opt = fastlin.SGD(0.05, momentum=0.9), fastlin.SGD(0.05, momentum=0.9)
+    h_ref = ref.fit(X, T, steps=8, opt=opt_ref, callback=schedule(opt_ref))
+    Xd, Td = da.from_array(X, chunks=(200, 7)), da.from_array(T, chunks=(200, 3))
+    with dask.config.set(scheduler="sync"):
+        hist = fd.fit(model, Xd, Td, steps=8, opt=opt, callback=schedule(opt))
+        fd.fit(fixed, Xd, Td, steps=8, opt=fastlin.SGD(0.05, momentum=0.9))
+    assert_same_fit(model, hist, ref, h_ref)
+    assert rel(fixed.weight, model.weight) > 1e-6  # the schedule changed the trajectory

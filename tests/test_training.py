@@ -286,3 +286,73 @@ def test_history_fields():
     assert hist.steps == len(hist) == 12 and hist.loss.dtype == np.float64
     assert hist.seconds > 0 and not hist.stopped_early
     assert np.all(np.diff(hist.loss) < 0)  # convex problem, small lr
+
+
+def _schedule(opt):
+    """A hand-written schedule: halve lr at step 3, change momentum and
+    weight decay at step 5 (each takes effect at the next step)."""
+
+    def callback(step, loss):
+        if step == 3:
+            opt.lr = opt.lr / 2
+        if step == 5:
+            opt.momentum, opt.weight_decay = 0.5, 0.01
+        return False
+
+    return callback
+
+
+@pytest.mark.parametrize("shape", [(60, 5, 2), (70, 9, 33)], ids=["streaming", "gemm"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_hyper_parameters_set_by_a_callback_take_effect_at_the_next_step(shape, dtype):
+    X, T, W, b = make_data(*shape, dtype, seed=12)
+    loop, fitted, fixed = (fastlin.Linear.from_weights(W, b) for _ in range(3))
+    opt_loop, opt_fit = fastlin.SGD(0.05, momentum=0.9), fastlin.SGD(0.05, momentum=0.9)
+    schedule = _schedule(opt_loop)
+    losses = []
+    for step in range(1, 9):
+        losses.append(loop.step(X, T, opt_loop))
+        schedule(step, losses[-1])
+    hist = fitted.fit(X, T, steps=8, opt=opt_fit, callback=_schedule(opt_fit))
+    np.testing.assert_array_equal(hist.loss, losses)
+    assert fitted.weight.tobytes() == loop.weight.tobytes()
+    assert fitted.bias.tobytes() == loop.bias.tobytes()
+    # ... and the schedule did change the trajectory.
+    fixed.fit(X, T, steps=8, opt=fastlin.SGD(0.05, momentum=0.9))
+    assert fixed.weight.tobytes() != fitted.weight.tobytes()
+
+
+def test_a_huge_step_count_with_early_stopping_allocates_little():
+    import tracemalloc
+
+    X, T, W, b = make_data(30, 4, 2, seed=13)
+    model = fastlin.Linear.from_weights(W, b)
+    model.fit(X, T, steps=2, lr=0.01)  # compile outside the trace
+    tracemalloc.start()
+    try:
+        hist = model.fit(X, T, steps=2**40, lr=0.01, callback=lambda step, loss: step == 3)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(hist) == 3 and hist.stopped_early
+    assert peak < 1 << 20, f"a 3-step fit peaked at {peak} bytes"
+
+
+@pytest.mark.parametrize("shape", [(50, 4, 2), (40, 5, 33)], ids=["streaming", "gemm"])
+def test_history_grown_in_segments_equals_one_call(shape, monkeypatch):
+    X, T, W, b = make_data(*shape, seed=14)
+    one = fastlin.Linear.from_weights(W, b)
+    h1 = one.fit(X, T, steps=45, lr=0.05, batch_size=7, seed=3)
+    monkeypatch.setattr(layer, "ONE_CALL_WORK", 0)  # segments of about one step each
+    monkeypatch.setattr(layer, "SEGMENT_SECONDS", 0.0)
+    monkeypatch.setattr(layer, "HISTORY_START", 2)  # so the buffer grows many times
+    seg = fastlin.Linear.from_weights(W, b)
+    h2 = seg.fit(X, T, steps=45, lr=0.05, batch_size=7, seed=3)
+    np.testing.assert_array_equal(h1.loss, h2.loss)
+    assert one.weight.tobytes() == seg.weight.tobytes()
+    # A divergence after the buffer grew still reports every step done.
+    X_big = X * 1e3
+    with pytest.raises(fastlin.DivergenceError) as info:
+        fastlin.Linear.from_weights(W, b).fit(X_big, T, steps=10**6, lr=10.0, log_every=1000)
+    err = info.value
+    assert len(err.history.loss) == err.step - 1 and np.all(np.isfinite(err.history.loss))

@@ -4,7 +4,9 @@
 module; :mod:`fastlin.backends.cuda_ops` provides the same functions for GPUs.
 Arguments arrive validated (right shapes, C-contiguous, the model's dtype).
 ``ws`` is a dict owned by the caller that caches scratch buffers, so a step
-on a fixed shape allocates nothing after the first call.
+on a fixed shape allocates nothing after the first call.  One ``ws`` must
+serve one call at a time: the layer keeps one per thread (and one for its
+training calls, which hold the model's lock).
 
 Two paths, chosen by shape alone:
 
@@ -18,10 +20,15 @@ GEMM (``n_out >= GEMM_MIN_OUT``)
     gradient in one ``@njit`` pass over the small block ``Y``
     (``cpu.residual``), then ``G = Rᵀ·X_b`` (BLAS) while ``X_b`` is still in
     cache, added into float64 sums.  X is still read from memory once, and no
-    (N, O) array is formed.
+    (N, O) array is formed.  Each BLAS call runs on one BLAS thread and the
+    blocks run on fastlin's own threads, in chunks fixed by the shape, so the
+    bits follow no thread count (see ``_BlasThreads``).
 """
 
 from __future__ import annotations
+
+import os
+import threading
 
 import numpy as np
 
@@ -92,6 +99,15 @@ def _scratch(ws, n_rows, W):
     return got
 
 
+def _rows_buffer(ws, key, n, shape):
+    """The first ``n`` rows of a kept float64 (rows, *shape) buffer, grown as
+    needed (a mini-batch fit's short last batch then reuses the full one's)."""
+    buf = ws.get(key)
+    if buf is None or buf.shape[0] < n or buf.shape[1:] != shape:
+        buf = ws[key] = np.empty((n,) + shape, dtype=np.float64)
+    return buf[:n]
+
+
 def _buffer(ws, key, shape, dtype):
     buf = ws.get(key)
     if buf is None or buf.shape != shape or buf.dtype != dtype:
@@ -136,28 +152,198 @@ def all_finite(a):
 # --------------------------------------------------------------------------
 # the GEMM path
 # --------------------------------------------------------------------------
-def _gemm_sums(W, b, X, T, ws, rows=None, start=0, n=None, grad=True):
-    """``(Σ r², Σ rᵀX, Σ r)`` over a batch by blocks of BLAS calls.
+# BLAS results depend on how many threads BLAS splits a product over
+# (OpenBLAS blocks the inner dimension differently when threaded).  So the
+# GEMM path makes every product single-threaded and runs the row blocks in
+# parallel itself: blocks and their grouping into chunks depend on the shape
+# only, each chunk sums its blocks in order into its own float64 partials, and
+# the partials are added in chunk order.  The bits then depend on neither
+# OPENBLAS_NUM_THREADS nor NUMBA_NUM_THREADS (nor on the pool's size).
+class _BlasThreads:
+    """Holds numpy's OpenBLAS at one thread while GEMM-path work runs.
 
-    The batch is rows ``start .. start+n`` of X, or ``X[rows[start:start+n]]``
-    (gathered block by block) for a shuffled mini-batch.  Sums are float64.
+    Reference-counted across threads: the first caller saves the thread
+    count and sets 1, the last one restores it.  ``controlled`` is False
+    where numpy's BLAS is not an OpenBLAS we can find (MKL, Accelerate, ...):
+    there the GEMM path runs as before and its bits may follow the BLAS
+    thread count.
     """
-    n_out, n_in = W.shape
-    n = X.shape[0] - start if n is None else n
-    block = min(GEMM_BLOCK_ROWS, n)
-    Y = _buffer(ws, "gemm_Y", (block, n_out), W.dtype)
-    G = _buffer(ws, "gemm_G", (n_out, n_in), W.dtype)
-    if rows is not None:
-        Xg = _buffer(ws, "gemm_X", (block, n_in), W.dtype)
-        Tg = _buffer(ws, "gemm_T", (block, n_out), W.dtype)
-    # float64 sums, reused across steps (wide: 2 MiB that a step used to allocate)
-    gW = _buffer(ws, "gemm_gW", (n_out, n_in), np.float64)
-    gb = _buffer(ws, "gemm_gb", (n_out,), np.float64)
-    gW.fill(0.0)
-    gb.fill(0.0)
-    sse = 0.0
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = None
+        self._get = self._set = None
+        self._looked = False
+
+    @property
+    def controlled(self):
+        self._find()
+        return self._set is not None
+
+    def _find(self):
+        if self._looked:
+            return
+        with self._lock:
+            if not self._looked:
+                self._get, self._set = _find_openblas()
+                self._looked = True
+
+    def __enter__(self):
+        self._find()
+        if self._set is None:
+            return self
+        with self._lock:
+            if self._depth == 0:
+                self._saved = int(self._get())
+                if self._saved != 1:
+                    self._set(1)
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        if self._set is None:
+            return
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._saved not in (None, 1):
+                self._set(self._saved)
+
+    def _after_fork(self):
+        # A fork taken while another thread held BLAS at one thread: the
+        # child has no such thread, so nothing would ever restore the count.
+        self._lock = threading.Lock()
+        if self._depth and self._set is not None and self._saved not in (None, 1):
+            self._set(self._saved)
+        self._depth = 0
+
+
+def _find_openblas():
+    """``(get_num_threads, set_num_threads)`` of numpy's OpenBLAS, or ``(None, None)``."""
+    import ctypes
+    import glob
+
+    here = os.path.dirname(os.path.abspath(np.__file__))
+    paths = []
+    for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*", ".libs/*openblas*"):
+        paths += sorted(glob.glob(os.path.join(here, pattern)))
+    if not paths:
+        try:  # a numpy built against a system OpenBLAS: use it if it is the only one loaded
+            with open("/proc/self/maps") as maps:
+                loaded = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
+            paths = sorted(loaded) if len(loaded) == 1 else []
+        except OSError:
+            paths = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)  # the copy numpy already loaded (same path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas_", "openblas_"):
+            for suffix in ("64_", "_64", ""):
+                get = getattr(lib, f"{prefix}get_num_threads{suffix}", None)
+                set_ = getattr(lib, f"{prefix}set_num_threads{suffix}", None)
+                if get is not None and set_ is not None:
+                    get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+                    return get, set_
+    return None, None
+
+
+_BLAS = _BlasThreads()
+# OpenBLAS runs a product of at most this many multiply-adds (M·N·K) on one
+# thread whatever its thread count (SMP_THRESHOLD_MIN × the default
+# GEMM_MULTITHREAD_THRESHOLD), so smaller blocks skip the hold, which costs
+# ~2 µs (setting the count and back) -- a tenth of a small GEMM-path step.
+BLAS_SERIAL_WORK = 65536 * 4
+
+
+def _hold_blas(block, n_out, n_in):
+    """The context a GEMM-path call runs its products in."""
+    return _BLAS if block * n_out * n_in > BLAS_SERIAL_WORK else _NO_HOLD
+
+
+class _NoHold:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+_NO_HOLD = _NoHold()
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool():
+    """The GEMM path's worker threads (made on first use, NUMBA_NUM_THREADS of them)."""
+    global _POOL
+    if _POOL is None:
+        with _POOL_LOCK:
+            if _POOL is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                import numba
+
+                _POOL = ThreadPoolExecutor(max_workers=numba.config.NUMBA_NUM_THREADS, thread_name_prefix="fastlin-gemm")
+    return _POOL
+
+
+def _reset_after_fork():
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()  # the parent's workers do not exist here
+    _BLAS._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _workers(n_tasks):
+    """How many workers share ``n_tasks`` chunks (numba's thread count, which
+    changes the speed only: each chunk's work and the sums' order are fixed)."""
+    if n_tasks <= 1:
+        return 1
+    import numba
+
+    return max(1, min(n_tasks, numba.get_num_threads()))
+
+
+def _run(n_workers, work):
+    """``work(k)`` for k in range(n_workers): k = 0 on this thread, the rest in the pool."""
+    if n_workers == 1:
+        work(0)
+        return
+    futures = [_pool().submit(work, k) for k in range(1, n_workers)]
+    try:
+        work(0)
+    finally:
+        for f in futures:
+            f.result()
+
+
+def plan_gemm(n, n_out, n_in):
+    """``(block_rows, n_blocks, blocks_per_chunk, n_chunks)`` for the GEMM
+    path over ``n`` rows, from the shape alone.
+
+    Chunks are runs of whole blocks; there are at most ``MAX_CHUNKS`` of them
+    and their float64 partial gradients fit in ``SCRATCH_BYTES``.
+    """
+    block = max(1, min(GEMM_BLOCK_ROWS, n))
+    n_blocks = _cdiv(n, block)
+    by_memory = max(1, SCRATCH_BYTES // (8 * (n_out * n_in + n_out)))
+    per_chunk = _cdiv(n_blocks, max(1, min(n_blocks, MAX_CHUNKS, by_memory)))
+    return block, n_blocks, per_chunk, _cdiv(n_blocks, per_chunk)
+
+
+def _gemm_blocks(W, b, X, T, rows, start, n, block, j0, j1, pW, pb, Y, G, Xg, Tg):
+    """Blocks ``j0 .. j1`` of a batch, in order: ``pb += Σ r`` and (when G is
+    given) ``pW += Σ rᵀX`` into the zeroed float64 sums; returns ``Σ r²``.
+    Y, G, Xg, Tg are the caller's scratch (Xg, Tg only for a gathered batch)."""
     WT = W.T
-    for lo in range(start, start + n, block):
+    loss = 0.0
+    for j in range(j0, j1):
+        lo = start + j * block
         hi = min(lo + block, start + n)
         if rows is None:
             Xb, Tb = X[lo:hi], T[lo:hi]
@@ -166,11 +352,99 @@ def _gemm_sums(W, b, X, T, ws, rows=None, start=0, n=None, grad=True):
             Tb = np.take(T, rows[lo:hi], axis=0, out=Tg[: hi - lo])
         Yb = Y[: hi - lo]
         np.matmul(Xb, WT, out=Yb)
-        sse += cpu.residual(Yb, Tb, b, gb)
-        if grad:
+        loss += cpu.residual(Yb, Tb, b, pb)
+        if G is not None:
             np.matmul(Yb.T, Xb, out=G)
-            gW += G
-    return float(sse), gW, gb
+            pW += G
+    return loss
+
+
+def _gemm_scratch(ws, k, block, W, grad, gather):
+    """Worker ``k``'s ``(Y, G, Xg, Tg)``, kept in the caller's ws (so
+    concurrent calls never share them)."""
+    n_out, n_in = W.shape
+    Y = _buffer(ws, ("gemm_Y", k), (block, n_out), W.dtype)
+    G = _buffer(ws, ("gemm_G", k), (n_out, n_in), W.dtype) if grad else None
+    if not gather:
+        return Y, G, None, None
+    return Y, G, _buffer(ws, ("gemm_X", k), (block, n_in), W.dtype), _buffer(ws, ("gemm_T", k), (block, W.shape[0]), W.dtype)
+
+
+def _gemm_sums(W, b, X, T, ws, rows=None, start=0, n=None, grad=True):
+    """``(Σ r², Σ rᵀX, Σ r)`` over a batch by blocks of BLAS calls.
+
+    The batch is rows ``start .. start+n`` of X, or ``X[rows[start:start+n]]``
+    (gathered block by block) for a shuffled mini-batch.  Sums are float64,
+    and their bits do not depend on any thread count (see ``_BlasThreads``).
+    """
+    n_out, n_in = W.shape
+    n = X.shape[0] - start if n is None else n
+    key = ("gemm_plan", n, n_out, n_in)
+    plan = ws.get(key)
+    if plan is None:
+        plan = ws[key] = plan_gemm(n, n_out, n_in)
+    block, n_blocks, per_chunk, n_chunks = plan
+    # float64 sums, reused across steps (wide: 2 MiB that a step used to allocate)
+    gW = _buffer(ws, "gemm_gW", (n_out, n_in), np.float64)
+    gb = _buffer(ws, "gemm_gb", (n_out,), np.float64)
+    gather = rows is not None
+    if n_chunks == 1:  # the whole batch on this thread, into the sums themselves
+        gW.fill(0.0)
+        gb.fill(0.0)
+        Y, G, Xg, Tg = _gemm_scratch(ws, 0, block, W, grad, gather)
+        with _hold_blas(block, n_out, n_in):
+            sse = _gemm_blocks(W, b, X, T, rows, start, n, block, 0, n_blocks, gW, gb, Y, G, Xg, Tg)
+        return sse, gW, gb
+    n_workers = _workers(n_chunks)
+    parts_W = _rows_buffer(ws, "gemm_parts_W", n_chunks, (n_out, n_in)) if grad else None
+    parts_b = _rows_buffer(ws, "gemm_parts_b", n_chunks, (n_out,))
+    sse = [0.0] * n_chunks
+
+    def work(k):
+        Y, G, Xg, Tg = _gemm_scratch(ws, k, block, W, grad, gather)
+        for c in range(k, n_chunks, n_workers):
+            pW, pb = (parts_W[c] if grad else None), parts_b[c]
+            if grad:
+                pW.fill(0.0)
+            pb.fill(0.0)
+            j1 = min((c + 1) * per_chunk, n_blocks)
+            sse[c] = _gemm_blocks(W, b, X, T, rows, start, n, block, c * per_chunk, j1, pW, pb, Y, G, Xg, Tg)
+
+    with _hold_blas(block, n_out, n_in):
+        _run(n_workers, work)
+    # in chunk order
+    np.sum(parts_b, axis=0, out=gb)
+    if grad:
+        np.sum(parts_W, axis=0, out=gW)
+    total = 0.0
+    for c in range(n_chunks):
+        total += sse[c]
+    return total, gW, gb
+
+
+def _gemm_forward(W, b, X):
+    """``X·Wᵀ + b`` by row blocks of single-threaded BLAS calls, run in parallel."""
+    n_out, n_in = W.shape
+    n = X.shape[0]
+    if n <= GEMM_BLOCK_ROWS:  # one block
+        with _hold_blas(n, n_out, n_in):
+            Y = np.matmul(X, W.T)
+        Y += b
+        return Y
+    Y = np.empty((n, n_out), dtype=W.dtype)
+    block, n_blocks, _, _ = plan_gemm(n, n_out, n_in)
+    n_workers = _workers(n_blocks)
+    WT = W.T
+
+    def work(k):
+        for j in range(k, n_blocks, n_workers):
+            lo, hi = j * block, min((j + 1) * block, n)
+            np.matmul(X[lo:hi], WT, out=Y[lo:hi])
+
+    with _hold_blas(block, n_out, n_in):
+        _run(n_workers, work)
+    Y += b
+    return Y
 
 
 def _gemm_step(W, b, has_bias, bufW, bufb, hp, state, X, T, ws, rows=None, start=0, n=None):
@@ -187,9 +461,7 @@ def forward(W, b, has_bias, X):
     n_rows, n_in = X.shape
     n_out = W.shape[0]
     if uses_gemm(n_out, n_in):
-        Y = np.matmul(X, W.T)
-        Y += b
-        return Y
+        return _gemm_forward(W, b, X)
     Y = np.empty((n_rows, n_out), dtype=W.dtype)
     kernel = cpu.forward_parallel if n_rows * n_in * n_out > PARALLEL_FORWARD_WORK else cpu.forward
     kernel(X, W, b, Y)
@@ -301,11 +573,88 @@ def _gemm_fit_steps(W, b, has_bias, bufW, bufb, hp, state, X, T, plan, losses):
     """The loop of ``cpu.fit_steps`` around GEMM-path steps (each step costs
     milliseconds, so the Python loop costs nothing that shows)."""
     n_rows = X.shape[0]
-    for s in range(len(losses)):
-        pos, n = cpu.next_batch(state, plan.perm, plan.shuffle, plan.seed, plan.batch_size, n_rows)
-        rows = plan.perm if plan.shuffle else None
-        losses[s], status = _gemm_step(W, b, has_bias, bufW, bufb, hp, state, X, T, plan.ws, rows, pos, n)
-        if status != OK:
-            return s, status
-        cpu.advance(state, pos, n, n_rows)
+    # One hold of BLAS's thread count for the whole segment (each step's own is then free).
+    with _hold_blas(min(GEMM_BLOCK_ROWS, plan.batch_size), *W.shape):
+        for s in range(len(losses)):
+            pos, n = cpu.next_batch(state, plan.perm, plan.shuffle, plan.seed, plan.batch_size, n_rows)
+            rows = plan.perm if plan.shuffle else None
+            losses[s], status = _gemm_step(W, b, has_bias, bufW, bufb, hp, state, X, T, plan.ws, rows, pos, n)
+            if status != OK:
+                return s, status
+            cpu.advance(state, pos, n, n_rows)
     return len(losses), OK
+
+
+# --------------------------------------------------------------------------
+# the exact solve: Gram sums in one read of X (kernels: cpu_gram.py)
+# --------------------------------------------------------------------------
+def plan_gram_chunks(n_rows, n_in, n_out):
+    """``(chunk_rows, n_chunks)`` for :func:`gram_sums`, from the shape alone.
+
+    A chunk is a whole number of ``cpu_gram.BLOCK_ROWS`` row blocks (but at
+    least ~32k multiply-adds), at most ``MAX_CHUNKS`` chunks, and the
+    per-chunk partial sums (P_pad² float64 each) within ``SCRATCH_BYTES``.
+    """
+    from . import cpu_gram
+
+    p_pad = cpu_gram.padded_width(n_in, n_out)
+    block = cpu_gram.BLOCK_ROWS
+    per_row = max(1, p_pad * p_pad // 2)
+    rows = max(_cdiv(n_rows, MAX_CHUNKS), _cdiv(MIN_CHUNK_WORK, per_row))
+    by_memory = max(1, SCRATCH_BYTES // (8 * p_pad * (p_pad + 2 * block)))
+    rows = max(rows, _cdiv(n_rows, by_memory))
+    rows = _cdiv(rows, block) * block
+    rows = max(1, min(rows, n_rows))
+    return rows, _cdiv(n_rows, rows)
+
+
+def gram_sums(X, T, sample_weight=None, x_ref=None, t_ref=None):
+    """Float64 Gram sums of (X, T) in one read, shifted by a reference row.
+
+    Parameters
+    ----------
+    X : ndarray (N, D), T : ndarray (N, O)
+        C-contiguous, one float dtype (float32 or float64), N >= 1.
+    sample_weight : ndarray (N,) float64, optional
+        Non-negative row weights.
+    x_ref, t_ref : ndarray (D,), (O,), optional
+        The reference row subtracted before summing (default: ``X[0]`` and
+        ``T[0]``).  Chunks of one data set summed separately (Dask) pass the
+        same reference so that their sums can be added.
+
+    Returns
+    -------
+    cpu_gram.GramSums
+        Bit-identical for any number of threads (fixed chunks, added in
+        order).
+    """
+    from . import cpu_gram
+
+    n_rows, n_in = X.shape
+    n_out = T.shape[1]
+    x_ref = np.array(X[0] if x_ref is None else x_ref, dtype=np.float64)
+    t_ref = np.array(T[0] if t_ref is None else t_ref, dtype=np.float64)
+    use_w = sample_weight is not None
+    w = np.ascontiguousarray(sample_weight, dtype=np.float64) if use_w else np.empty(0, dtype=np.float64)
+    p_pad = cpu_gram.padded_width(n_in, n_out)
+    chunk_rows, n_chunks = plan_gram_chunks(n_rows, n_in, n_out)
+    block = min(cpu_gram.BLOCK_ROWS, chunk_rows)
+    # zeros: the padding rows of the scratch are never written and must read 0
+    Zt = np.zeros((n_chunks, p_pad, block), dtype=np.float64)
+    Zw = np.zeros((n_chunks, p_pad, block) if use_w else (n_chunks, 0, 0), dtype=np.float64)
+    partial = np.empty((n_chunks, p_pad, p_pad), dtype=np.float64)
+    S = np.empty((p_pad, p_pad), dtype=np.float64)
+    kernel = cpu_gram.gram_parallel if n_chunks > 1 else cpu_gram.gram
+    kernel(X, T, w, use_w, x_ref, t_ref, chunk_rows, Zt, Zw, partial, S)
+    d1 = n_in + 1
+    return cpu_gram.GramSums(
+        xx=S[:n_in, :n_in].copy(),
+        xt=S[:n_in, d1 : d1 + n_out].copy(),
+        sx=S[:n_in, n_in].copy(),
+        st=S[n_in, d1 : d1 + n_out].copy(),
+        tt=np.diagonal(S)[d1 : d1 + n_out].copy(),
+        sw=float(S[n_in, n_in]),
+        n_rows=int(n_rows),
+        x_ref=x_ref,
+        t_ref=t_ref,
+    )
