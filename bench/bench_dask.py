@@ -87,15 +87,19 @@ def make_data(n, d, o, seed=0):
 def local_cluster(n_workers, **kw):
     # One thread and one numba thread per worker: a worker is one core, so
     # 1 -> 2 workers is 1 -> 2 cores.  OpenBLAS is already 1 thread there.
-    with distributed.LocalCluster(
-        n_workers=n_workers,
-        processes=True,
-        threads_per_worker=1,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",  # 8787 may be taken by another cluster
-        env={"NUMBA_NUM_THREADS": "1"},
-        **kw,
-    ) as cluster, distributed.Client(cluster, set_as_default=False) as client, client.as_current():
+    with (
+        distributed.LocalCluster(
+            n_workers=n_workers,
+            processes=True,
+            threads_per_worker=1,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",  # 8787 may be taken by another cluster
+            env={"NUMBA_NUM_THREADS": "1"},
+            **kw,
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+        client.as_current(),
+    ):
         yield cluster, client
 
 
@@ -156,7 +160,9 @@ def test_single_machine(benchmark, size, threads):
         model.fit(X, T, steps=2, opt=opt)  # compile, allocate scratch
         benchmark.group = f"dask:{size}"
         benchmark.name = f"model.fit[{size}-{threads}thread]"
-        benchmark.pedantic(model.fit, args=(X, T), kwargs=dict(steps=STEPS, opt=opt), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(
+            model.fit, args=(X, T), kwargs=dict(steps=STEPS, opt=opt), rounds=ROUNDS, iterations=1, warmup_rounds=1
+        )
     finally:
         numba.set_num_threads(before)
     per_step = benchmark.stats.stats.median / STEPS
@@ -187,7 +193,15 @@ def test_dask_fit(benchmark, size, n_workers):
         floor = roundtrip_seconds(client)
     per_step = benchmark.stats.stats.median / STEPS
     best = benchmark.stats.stats.min / STEPS
-    info = dict(per_step_s=per_step, per_step_min_s=best, steady_step_s=median_step(), roundtrip_s=floor, n_workers=n_workers, chunks=N_CHUNKS, shape=[n, d, o])
+    info = dict(
+        per_step_s=per_step,
+        per_step_min_s=best,
+        steady_step_s=median_step(),
+        roundtrip_s=floor,
+        n_workers=n_workers,
+        chunks=N_CHUNKS,
+        shape=[n, d, o],
+    )
     benchmark.extra_info.update(info)
     save(f"dask:{size}:{n_workers}w", info)
 
@@ -247,7 +261,11 @@ def test_out_of_core(benchmark, tmp_path_factory):
             benchmark.group = "dask:out-of-core"
             benchmark.name = "fastlin.dask.fit[out-of-core-2w]"
             hist = benchmark.pedantic(
-                fd.fit, args=(model, X, T), kwargs=dict(steps=OOC_STEPS, opt=opt, callback=cb, persist=False), rounds=1, iterations=1
+                fd.fit,
+                args=(model, X, T),
+                kwargs=dict(steps=OOC_STEPS, opt=opt, callback=cb, persist=False),
+                rounds=1,
+                iterations=1,
             )
             peaks = client.run(_memory)
             # No worker was restarted (a memory-limit kill would change its pid).

@@ -137,7 +137,9 @@ class GpuProblem:
             self.X, self.T = cuda.as_cuda_array(self.tX), cuda.as_cuda_array(self.tT)
         else:
             if self.n * self.d > 50_000_000:
-                pytest.skip(f"{case}: drawing {self.n * self.d * 4 / 1e9:.0f} GB on the host is too slow; needs torch with CUDA")
+                pytest.skip(
+                    f"{case}: drawing {self.n * self.d * 4 / 1e9:.0f} GB on the host is too slow; needs torch with CUDA"
+                )
             self.tX = self.tT = None
             self.X = cuda.to_device(rng.standard_normal((self.n, self.d)).astype(np.float32))
             self.T = cuda.to_device(rng.standard_normal((self.n, self.o)).astype(np.float32))
@@ -264,7 +266,19 @@ class FastlinRunner:
             self._state = self.opt.state_for(m, ops)
             self._hp = self.opt.hyper(False, m.dtype)
         st = self._state
-        done, status = ops.fit_steps(m._W, m._bvec, m.has_bias, st.weight, st.bias, self._hp, st.flags, self.p.X, self.p.T, self._plan, self._losses)
+        done, status = ops.fit_steps(
+            m._W,
+            m._bvec,
+            m.has_bias,
+            st.weight,
+            st.bias,
+            self._hp,
+            st.flags,
+            self.p.X,
+            self.p.T,
+            self._plan,
+            self._losses,
+        )
         assert done == LOOP and status == 0, (done, status)
 
     def fit(self):

@@ -144,10 +144,13 @@ def record_limits(benchmark, hardware, *, group, case, library, X, nbytes, flops
         limit_prefetched_read_s=limit_pf_s,
         fraction_of_limit_prefetched_read=limit_pf_s / median,
     )
-    print(f"\n{group} {library}: median {median * 1e3:.2f} ms; limit {limit_s * 1e3:.2f} ms "
-          f"({100 * limit_s / median:.0f}%), with the prefetched read {limit_pf_s * 1e3:.2f} ms ({100 * limit_pf_s / median:.0f}%); "
-          f"read {lim.read_bytes_per_s / 1e9:.1f} / prefetched {read_pf / 1e9:.1f} GB/s, SGEMM {lim.gemm_flops_per_s / 1e9:.0f} GFLOP/s; "
-          f"load {os.getloadavg()[0]:.2f}" + "".join(f"; {k} {v:.4g}" for k, v in (extra or {}).items() if isinstance(v, float)))
+    print(
+        f"\n{group} {library}: median {median * 1e3:.2f} ms; limit {limit_s * 1e3:.2f} ms "
+        f"({100 * limit_s / median:.0f}%), with the prefetched read {limit_pf_s * 1e3:.2f} ms ({100 * limit_pf_s / median:.0f}%); "
+        f"read {lim.read_bytes_per_s / 1e9:.1f} / prefetched {read_pf / 1e9:.1f} GB/s, SGEMM {lim.gemm_flops_per_s / 1e9:.0f} GFLOP/s; "
+        f"load {os.getloadavg()[0]:.2f}"
+        + "".join(f"; {k} {v:.4g}" for k, v in (extra or {}).items() if isinstance(v, float))
+    )
     _RESULTS.setdefault(group, {})[library] = {
         "median": median,
         "iqr": stats.stats.iqr,
@@ -179,8 +182,14 @@ def test_osweep_step(benchmark, data, hardware, n_out, library):
                 backend.step()
             benchmark(backend.step)
         record_limits(
-            benchmark, hardware, group=benchmark.group, case=case, library=library, X=X,
-            nbytes=step_bytes(N_ROWS, N_IN, n_out), flops=step_flops(N_ROWS, N_IN, n_out),
+            benchmark,
+            hardware,
+            group=benchmark.group,
+            case=case,
+            library=library,
+            X=X,
+            nbytes=step_bytes(N_ROWS, N_IN, n_out),
+            flops=step_flops(N_ROWS, N_IN, n_out),
             extra={"kind": "step", "shape": [N_ROWS, N_IN, n_out]},
         )
     finally:

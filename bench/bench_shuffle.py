@@ -188,11 +188,23 @@ def test_shuffled_epoch(benchmark, epochs, hardware, n_out, library):
     benchmark.name = f"shuffled_epoch[O={n_out}-{library}]"
     epoch()  # compile, allocate scratch
     benchmark.pedantic(epoch, rounds=5, warmup_rounds=1)
-    extra = {"kind": "epoch", "shape": [N_ROWS, N_IN, n_out], "batch_size": BATCH, "shuffled": library != "fastlin-cpu-unshuffled"}
+    extra = {
+        "kind": "epoch",
+        "shape": [N_ROWS, N_IN, n_out],
+        "batch_size": BATCH,
+        "shuffled": library != "fastlin-cpu-unshuffled",
+    }
     extra["random_read_s"] = min(epochs.random_read_s, random_read_seconds(*problem.data()[:2], repeats=3))
     if getattr(benchmark, "stats", None):
         extra["fraction_of_random_read"] = extra["random_read_s"] / benchmark.stats.stats.median
     record_limits(
-        benchmark, hardware, group=benchmark.group, case=case, library=library, X=X,
-        nbytes=step_bytes(N_ROWS, N_IN, n_out), flops=step_flops(N_ROWS, N_IN, n_out), extra=extra,
+        benchmark,
+        hardware,
+        group=benchmark.group,
+        case=case,
+        library=library,
+        X=X,
+        nbytes=step_bytes(N_ROWS, N_IN, n_out),
+        flops=step_flops(N_ROWS, N_IN, n_out),
+        extra=extra,
     )

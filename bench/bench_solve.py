@@ -141,9 +141,12 @@ def dask_problem():
     another row count (for a quick trial)."""
     distributed = pytest.importorskip("distributed")
     da = pytest.importorskip("dask.array")
-    with distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-    ) as cluster, distributed.Client(cluster, set_as_default=False) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
         n, d = int(os.environ.get("FASTLIN_BENCH_DASK_ROWS", 1_000_000)), 50
         rs = da.random.RandomState(0)
         X = rs.standard_normal((n, d), chunks=(n // 8, d))

@@ -34,7 +34,12 @@ def test_demo_second_start(benchmark):
     with tempfile.TemporaryDirectory(prefix="fastlin-cache-") as cache:
         env = ms._env(NUMBA_CACHE_DIR=cache)
         first = _wall(demo, env)  # empty cache: compiles and writes it
-        benchmark.pedantic(subprocess.run, args=(demo,), kwargs={"capture_output": True, "env": env, "cwd": ms.ROOT, "check": True}, rounds=5)
+        benchmark.pedantic(
+            subprocess.run,
+            args=(demo,),
+            kwargs={"capture_output": True, "env": env, "cwd": ms.ROOT, "check": True},
+            rounds=5,
+        )
     floor = statistics.median(_wall([sys.executable, "-c", "import numba"], ms._env()) for _ in range(3))
     benchmark.extra_info.update(first_run_cold_cache_s=first, python_import_numba_s=floor, target_s=1.0)
     if benchmark.stats:

@@ -19,8 +19,6 @@ import os
 import platform
 
 import pytest
-
-from fastlin._roofline import format_seconds
 from cases import CASES
 from hardware import (
     HardwareLimits,
@@ -31,6 +29,8 @@ from hardware import (
     step_flops,
 )
 from peers import Problem, is_peer, label
+
+from fastlin._roofline import format_seconds
 
 # Benchmark results of this run, by group ("step:tall"), then library.
 _RESULTS: dict[str, dict[str, dict]] = {}
@@ -255,7 +255,16 @@ def summary_rows():
         for library in sorted(results, key=_library_order):
             r = results[library]
             ratio = _ratios(results, library)
-            rows.append((group, library, r["median"], r.get("fraction"), ratio.get("speedup_vs_best_peer"), ratio.get("best_peer")))
+            rows.append(
+                (
+                    group,
+                    library,
+                    r["median"],
+                    r.get("fraction"),
+                    ratio.get("speedup_vs_best_peer"),
+                    ratio.get("best_peer"),
+                )
+            )
     return rows
 
 
@@ -279,7 +288,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.section("fastlin roofline summary (medians; ratios from this run)")
     hw = getattr(config, "_fastlin_hardware", None)
     tr.write_line(f"CPU: {cpu_name()}; BLAS: {blas_summary()}")
-    tr.write_line(f"1-minute load average: {_LOAD_AT_START:.2f} at the start, {os.getloadavg()[0]:.2f} now (above the core count, timings are noisy)")
+    tr.write_line(
+        f"1-minute load average: {_LOAD_AT_START:.2f} at the start, {os.getloadavg()[0]:.2f} now (above the core count, timings are noisy)"
+    )
     if hw is not None:
         tr.write_line("limits: " + ", ".join(f"{k}={v}" for k, v in hw.measured().items()))
     tr.write_line(f"{'group':<12} {'library':<18} {'median':>10} {'% limit':>8} {'× best peer':>12}  best peer")
@@ -287,4 +298,3 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         pct = "–" if fraction is None else f"{100 * fraction:.0f}%"
         sp = "–" if speedup is None else f"{speedup:.2f}×"
         tr.write_line(f"{group:<12} {library:<18} {format_seconds(median):>10} {pct:>8} {sp:>12}  {best or ''}")
-

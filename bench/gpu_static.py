@@ -180,7 +180,9 @@ def analyse(cc=(9, 0), dtype="float32", names=None):
         for name in names or K.KERNELS:
             kernel = getattr(K, name)
             bounds = getattr(kernel, "targetoptions", {}).get("launch_bounds")
-            ptx, _ = numba.cuda.compile_ptx(kernel.py_func, f"void({', '.join(sigs[name])})", cc=cc, launch_bounds=bounds)
+            ptx, _ = numba.cuda.compile_ptx(
+                kernel.py_func, f"void({', '.join(sigs[name])})", cc=cc, launch_bounds=bounds
+            )
             ptx_path = Path(tmp, f"{name}.ptx")
             cubin = Path(tmp, f"{name}.cubin")
             ptx_path.write_text(ptx)
@@ -190,7 +192,9 @@ def analyse(cc=(9, 0), dtype="float32", names=None):
                 text=True,
                 check=True,
             )
-            sass = subprocess.run([str(bin_dir / "nvdisasm"), str(cubin)], capture_output=True, text=True, check=True).stdout
+            sass = subprocess.run(
+                [str(bin_dir / "nvdisasm"), str(cubin)], capture_output=True, text=True, check=True
+            ).stdout
             threads = K.TS * K.TS if name in TILED else K.TPB
             row = {"name": name, "hot": name in HOT, "block_threads": threads}
             row.update(_ptxas_info(res.stdout + res.stderr))
@@ -228,7 +232,9 @@ def main(argv=None):
     rows = analyse(cc, args.dtype)
     from fastlin.backends import cuda as K
 
-    print(f"fastlin CUDA kernels, {args.dtype}, sm_{cc[0]}{cc[1]}, TPB={K.TPB}, tile {K.TS}x{K.TS} (static SASS counts)")
+    print(
+        f"fastlin CUDA kernels, {args.dtype}, sm_{cc[0]}{cc[1]}, TPB={K.TPB}, tile {K.TS}x{K.TS} (static SASS counts)"
+    )
     print_table(rows)
     print(f"({time.perf_counter() - start:.1f} s)")
     if args.json:

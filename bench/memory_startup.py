@@ -188,7 +188,13 @@ def _env(**extra):
 
 def _child(args, **env):
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), *args], capture_output=True, text=True, env=_env(**env), cwd=ROOT, timeout=600, check=False
+        [sys.executable, str(Path(__file__).resolve()), *args],
+        capture_output=True,
+        text=True,
+        env=_env(**env),
+        cwd=ROOT,
+        timeout=600,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"child {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
@@ -246,7 +252,9 @@ def _mib(b):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--memory", default=",".join(MEMORY_CASES), help="cases for the peak-memory measurement ('' for none)")
+    p.add_argument(
+        "--memory", default=",".join(MEMORY_CASES), help="cases for the peak-memory measurement ('' for none)"
+    )
     p.add_argument("--libraries", default=",".join(MEMORY_LIBRARIES), help="libraries for the peak-memory measurement")
     p.add_argument("--no-startup", action="store_true", help="skip the compile and demo start-up measurements")
     p.add_argument("--json", help="also write the results here")
@@ -266,7 +274,9 @@ def main(argv=None):
     libraries = [lib for lib in args.libraries.split(",") if lib]
     if cases:
         print("peak memory of one step (fresh process each; RSS rise includes native allocations)")
-        print(f"{'case':<7} {'library':<12} {'steady RSS↑':>12} {'tracemalloc':>12} {'NRT: step/fit':>14}   {'new model: RSS↑ / traced':>26} {'scratch kept':>15} {'(N,O) f32':>11}")
+        print(
+            f"{'case':<7} {'library':<12} {'steady RSS↑':>12} {'tracemalloc':>12} {'NRT: step/fit':>14}   {'new model: RSS↑ / traced':>26} {'scratch kept':>15} {'(N,O) f32':>11}"
+        )
     for case in cases:
         for lib in libraries:
             reason = _peers.unavailable(lib)
@@ -277,8 +287,16 @@ def main(argv=None):
             results["memory"].append(r)
             s = r["steady"]
             first = r.get("first_step_of_a_new_model")
-            new = "" if first is None else f"{_mib(first['peak_rss_rise_bytes'])} / {_mib(first['tracemalloc_peak_bytes'])}"
-            nrt = "–" if s["nrt_allocations"] is None else f"{s['nrt_allocations']} / {r['nrt_allocations_per_fit_step']:g}"
+            new = (
+                ""
+                if first is None
+                else f"{_mib(first['peak_rss_rise_bytes'])} / {_mib(first['tracemalloc_peak_bytes'])}"
+            )
+            nrt = (
+                "–"
+                if s["nrt_allocations"] is None
+                else f"{s['nrt_allocations']} / {r['nrt_allocations_per_fit_step']:g}"
+            )
             print(
                 f"{case:<7} {lib:<12} {_mib(s['peak_rss_rise_bytes']):>12} {_mib(s['tracemalloc_peak_bytes']):>12} {nrt:>14}   "
                 f"{new:>26} {_mib(r.get('scratch_kept_bytes')):>15} {_mib(r['NxO_float32_bytes']):>11}"
@@ -294,7 +312,9 @@ def main(argv=None):
         print(f"  first run, empty cache      {d['first_run_cold_cache_s']:.2f} s")
         print(f"  later runs (median of {len(d['later_runs_s'])})     {d['later_run_median_s']:.2f} s   (target < 1 s)")
         print(f"  default cache location      {d['default_cache_median_s']:.2f} s")
-        print(f"  floor: python -c 'import numba' {d['python_import_numba_median_s']:.2f} s; python -c pass {d['python_startup_median_s']:.2f} s")
+        print(
+            f"  floor: python -c 'import numba' {d['python_import_numba_median_s']:.2f} s; python -c pass {d['python_startup_median_s']:.2f} s"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
         print(f"\nwritten to {args.json}")

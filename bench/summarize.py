@@ -72,8 +72,14 @@ def markdown(paths):
     out.append(f"{len(runs)} run(s): " + ", ".join(str(r[1]) for r in runs))
     out.append(f"CPU: {first.get('fastlin_cpu')}; BLAS: {first.get('fastlin_blas_summary')}")
     loads = [r[0].get("loadavg_1min_at_start") for r in runs]
-    out.append("1-minute load average at the start of each run: " + ", ".join(f"{x:.1f}" for x in loads if x is not None))
-    sources = [(r[0].get("fastlin_sources") or {}).get("all", "?") + ("*" if r[0].get("fastlin_sources_changed_during_run") else "") for r in runs]
+    out.append(
+        "1-minute load average at the start of each run: " + ", ".join(f"{x:.1f}" for x in loads if x is not None)
+    )
+    sources = [
+        (r[0].get("fastlin_sources") or {}).get("all", "?")
+        + ("*" if r[0].get("fastlin_sources_changed_during_run") else "")
+        for r in runs
+    ]
     out.append("fastlin sources (hash; * = changed during the run): " + ", ".join(sources))
     limits = [r[0].get("fastlin_limits", {}) for r in runs]
     keys = sorted({k for lim in limits for k in lim if ("GBps" in k or "GFLOPs" in k) and "samples" not in k})
@@ -149,7 +155,9 @@ def targets(paths, library="fastlin-cpu"):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("json", nargs="+", help="--benchmark-json files of bench_step.py / bench_fit.py runs")
-    p.add_argument("--targets", action="store_true", help="also check issue #4's CPU targets (fastlin-cpu and fastlin-cpu-1t)")
+    p.add_argument(
+        "--targets", action="store_true", help="also check issue #4's CPU targets (fastlin-cpu and fastlin-cpu-1t)"
+    )
     args = p.parse_args(argv)
     print(markdown(args.json))
     if args.targets:

@@ -25,7 +25,9 @@ import fastlin
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100, help="loop iterations (default 100, as in the post)")
-    parser.add_argument("--lr", type=float, default=0.02, help="the learning rate α (default 0.02; the post does not give one)")
+    parser.add_argument(
+        "--lr", type=float, default=0.02, help="the learning rate α (default 0.02; the post does not give one)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of W, b, x and y (default 0)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
@@ -35,6 +37,8 @@ def main(argv=None):
     # Part 1: the post's loop, step for step
     # ------------------------------------------------------------------
     print("part 1: the blog's loop (W updated, b left as it is)")
+    # Each line keeps its Julia twin in the right-hand column, so the formatter stays out.
+    # fmt: off
     model = fastlin.Linear(5, 2, init="uniform01", dtype=np.float64, seed=rng)  # W = rand(2,5); b = rand(2)
     x, y = rng.random(5), rng.random(2)                                          # x,y = rand(5),rand(2)
     b_before = model.bias.copy()
@@ -49,6 +53,7 @@ def main(argv=None):
         loss = float(np.sum((y - ŷ) ** 2))                                       #   @info sum((y-ŷ).^2)
         first = loss if first is None else first
         print(f"[ Info: {loss:.9g}")
+    # fmt: on
     assert np.array_equal(model.bias, b_before)  # the post never touches b
     print(f"part 1: loss {first:.6g} after the first update, {loss:.6g} after {args.steps}")
 

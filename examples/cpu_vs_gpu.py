@@ -49,8 +49,10 @@ def timed_fit(device, X, T, steps, lr):
 
 def report(name, per_step, X, history):
     gbytes = X.nbytes / per_step / 1e9  # the fused step reads X once per step
-    print(f"{name:>4}: {per_step * 1e3:9.3f} ms/step   {X.shape[0] / per_step / 1e6:8.1f} M rows/s   "
-          f"{gbytes:7.2f} GB/s of X   loss {history.loss[0]:.4g} -> {history.loss[-1]:.4g}")
+    print(
+        f"{name:>4}: {per_step * 1e3:9.3f} ms/step   {X.shape[0] / per_step / 1e6:8.1f} M rows/s   "
+        f"{gbytes:7.2f} GB/s of X   loss {history.loss[0]:.4g} -> {history.loss[-1]:.4g}"
+    )
 
 
 def main(argv=None):
@@ -64,8 +66,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     X, T = make_data(args.rows, args.features, args.outputs, args.seed)
-    print(f"full-batch SGD, float32: X {X.shape} ({X.nbytes / 1e6:.1f} MB) -> {args.outputs} outputs, "
-          f"{args.steps} steps, {os.cpu_count()} CPU cores")
+    print(
+        f"full-batch SGD, float32: X {X.shape} ({X.nbytes / 1e6:.1f} MB) -> {args.outputs} outputs, "
+        f"{args.steps} steps, {os.cpu_count()} CPU cores"
+    )
 
     cpu_step, cpu_weight, cpu_history = timed_fit("cpu", X, T, args.steps, args.lr)
     report("cpu", cpu_step, X, cpu_history)
@@ -82,8 +86,10 @@ def main(argv=None):
     X_gpu, T_gpu = cuda.to_device(X), cuda.to_device(T)
     gpu_step, gpu_weight, gpu_history = timed_fit("cuda", X_gpu, T_gpu, args.steps, args.lr)
     report("gpu", gpu_step, X, gpu_history)
-    print(f"gpu is {cpu_step / gpu_step:.1f}x the speed of the cpu; "
-          f"final weights differ by at most {np.abs(gpu_weight - cpu_weight).max():.2e}")
+    print(
+        f"gpu is {cpu_step / gpu_step:.1f}x the speed of the cpu; "
+        f"final weights differ by at most {np.abs(gpu_weight - cpu_weight).max():.2e}"
+    )
     return 0
 
 

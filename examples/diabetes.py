@@ -59,8 +59,10 @@ def main(argv=None):
     #    are correlated (the Hessian's condition number is ~500 even after
     #    scaling), which is where the default Nesterov momentum earns its keep.
     gd = make_pipeline(StandardScaler(), LinearRegressor(solver="gd")).fit(X_train, y_train)[-1]
-    print(f"gradient descent: {gd.n_iter_} epochs, lr={gd.lr_:.3g}, "
-          f"training loss (MSE): {gd.loss_curve_[0]:.1f} -> {gd.loss_curve_[-1]:.1f}")
+    print(
+        f"gradient descent: {gd.n_iter_} epochs, lr={gd.lr_:.3g}, "
+        f"training loss (MSE): {gd.loss_curve_[0]:.1f} -> {gd.loss_curve_[-1]:.1f}"
+    )
 
     # 2. Tuning: the L2 penalty by cross-validation.
     search = GridSearchCV(
@@ -68,7 +70,9 @@ def main(argv=None):
         {"linearregressor__weight_decay": [0.0, 0.01, 0.1, 1.0]},
         cv=args.cv,
     ).fit(X_train, y_train)
-    for wd, score in zip(search.cv_results_["param_linearregressor__weight_decay"], search.cv_results_["mean_test_score"]):
+    for wd, score in zip(
+        search.cv_results_["param_linearregressor__weight_decay"], search.cv_results_["mean_test_score"]
+    ):
         print(f"  weight_decay={wd:<5} mean CV R² {score:.4f}")
     best = search.best_params_["linearregressor__weight_decay"]
     print(f"grid search: best weight_decay={best}, test R² {search.score(X_test, y_test):.4f}")

@@ -68,7 +68,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=2000, help="SGD steps (default 2000)")
     parser.add_argument("--rows", type=int, default=256, help="training rows (default 256)")
     parser.add_argument("--hidden", type=int, default=16, help="hidden units (default 16)")
-    parser.add_argument("--lr", type=float, default=0.1, help="learning rate of both layers, with momentum 0.9 (default 0.1)")
+    parser.add_argument(
+        "--lr", type=float, default=0.1, help="learning rate of both layers, with momentum 0.9 (default 0.1)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the initial weights (default 0)")
     args = parser.parse_args(argv)
 
@@ -80,7 +82,9 @@ def main(argv=None):
     layer2 = fastlin.Linear(args.hidden, 2, init="glorot_uniform", dtype=np.float64, seed=rng)
     opt = fastlin.SGD(lr=args.lr, momentum=0.9)  # one optimiser, separate momentum per layer
 
-    print(f"gradient check: backward vs finite difference, relative error {finite_difference_check(layer1, layer2, X, T):.1e}")
+    print(
+        f"gradient check: backward vs finite difference, relative error {finite_difference_check(layer1, layer2, X, T):.1e}"
+    )
 
     # The best a single linear layer can do, for comparison (its exact least-squares fit).
     A = np.column_stack([X, np.ones(len(X))])
@@ -98,8 +102,7 @@ def main(argv=None):
             print(f"step {step:5d}  loss {loss:.6f}")
 
     final = network_loss(layer1, layer2, X, T)
-    print(f"loss {first:.6f} -> {final:.6f} after {args.steps} steps "
-          f"(best single linear layer: {linear_best:.6f})")
+    print(f"loss {first:.6f} -> {final:.6f} after {args.steps} steps (best single linear layer: {linear_best:.6f})")
     return 0
 
 

@@ -72,7 +72,9 @@ def check_plot_file(path: str) -> None:
     suffix = Path(path).suffix.lower().lstrip(".")
     types = FigureCanvasBase.get_supported_filetypes()
     if suffix and suffix not in types:
-        raise UsageError(f"--plot: matplotlib cannot write .{suffix} files; use one of: {', '.join('.' + t for t in sorted(types))}")
+        raise UsageError(
+            f"--plot: matplotlib cannot write .{suffix} files; use one of: {', '.join('.' + t for t in sorted(types))}"
+        )
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -123,7 +125,16 @@ def compare(args: argparse.Namespace) -> int:
 
 # The names of fastlin._peers.BACKENDS, spelled out so that building the parser
 # imports nothing (tests/test_compare.py checks that they agree).
-COMPARE_BACKENDS = ("fastlin-cpu-1t", "fastlin-cpu", "fastlin-cuda", "numpy", "torch", "torch-cuda", "torch-cuda-graph", "jax")
+COMPARE_BACKENDS = (
+    "fastlin-cpu-1t",
+    "fastlin-cpu",
+    "fastlin-cuda",
+    "numpy",
+    "torch",
+    "torch-cuda",
+    "torch-cuda-graph",
+    "jax",
+)
 DEMO_LR = 0.02
 
 
@@ -164,24 +175,43 @@ def _backend_list(text: str) -> list[str]:
     names = [b.strip() for b in text.split(",") if b.strip()]
     unknown = [b for b in names if b not in COMPARE_BACKENDS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown backend(s) {', '.join(unknown) or text!r}; choose from {', '.join(COMPARE_BACKENDS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown backend(s) {', '.join(unknown) or text!r}; choose from {', '.join(COMPARE_BACKENDS)}"
+        )
     return names
 
 
 def _compare_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="a small grid and short timings (a smoke test, not for decisions)")
+    p.add_argument(
+        "--quick", action="store_true", help="a small grid and short timings (a smoke test, not for decisions)"
+    )
     p.add_argument("--sizes", type=_int_list, help="numbers of rows N, comma-separated (default 100,1000,...,1000000)")
     p.add_argument("--shapes", type=_shape_list, help="D x O shapes, comma-separated (default 64x1,64x16,1024x256)")
-    p.add_argument("--backends", type=_backend_list, help=f"comma-separated subset of: {', '.join(COMPARE_BACKENDS)} (default: all present)")
-    p.add_argument("--budget", type=float, help="seconds of timing per backend, size and round (default 0.1; --quick 0.02)")
+    p.add_argument(
+        "--backends",
+        type=_backend_list,
+        help=f"comma-separated subset of: {', '.join(COMPARE_BACKENDS)} (default: all present)",
+    )
+    p.add_argument(
+        "--budget", type=float, help="seconds of timing per backend, size and round (default 0.1; --quick 0.02)"
+    )
     p.add_argument(
         "--repeats",
         type=int,
         help="least number of interleaved rounds per size (default 3, the fewest that give a spread); up to 3 times "
         "as many run while a backend's rounds disagree by more than 10%% (not with --quick)",
     )
-    p.add_argument("--max-work", type=float, default=float(1 << 32), help="skip sizes whose step exceeds this many multiply-adds N·D·O (default 2^32)")
-    p.add_argument("--out", default="fastlin-compare", help="directory for compare.json, compare.md and compare.png (default ./fastlin-compare)")
+    p.add_argument(
+        "--max-work",
+        type=float,
+        default=float(1 << 32),
+        help="skip sizes whose step exceeds this many multiply-adds N·D·O (default 2^32)",
+    )
+    p.add_argument(
+        "--out",
+        default="fastlin-compare",
+        help="directory for compare.json, compare.md and compare.png (default ./fastlin-compare)",
+    )
     p.add_argument("--no-plot", action="store_true", help="do not draw compare.png")
 
 
@@ -216,7 +246,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=DEMO_LR, help=f"learning rate (default {DEMO_LR})")
     p.add_argument("--seed", type=int, default=0, help="random seed for W, b, x and y (default 0)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to train (default cpu)")
-    p.add_argument("--plot", metavar="PNG", help="also save the loss curve there (needs matplotlib: pip install 'fastlin[plot]')")
+    p.add_argument(
+        "--plot", metavar="PNG", help="also save the loss curve there (needs matplotlib: pip install 'fastlin[plot]')"
+    )
     p.set_defaults(run=demo)
 
     p = sub.add_parser(

@@ -173,7 +173,9 @@ def _read_npy(zf, info, archive_size):
         count = math.prod(shape)
         nbytes = count * dtype.itemsize
         if m.tell() + nbytes != info.file_size:
-            raise ValueError(f"entry {info.filename!r} declares {nbytes} bytes of data but holds {info.file_size - m.tell()}")
+            raise ValueError(
+                f"entry {info.filename!r} declares {nbytes} bytes of data but holds {info.file_size - m.tell()}"
+            )
         try:
             buf = np.empty(nbytes, dtype=np.uint8)
         except MemoryError:
@@ -202,7 +204,9 @@ def _read_archive(path):
     if not stat.S_ISREG(st.st_mode):
         raise ModelFileError(f"cannot read fastlin model {path!r}: it is not a regular file (a device, pipe or socket)")
     if st.st_size == 0:
-        raise ModelFileError(f"cannot read fastlin model {path!r}: the file is empty (0 bytes), not a fastlin model (.npz) file")
+        raise ModelFileError(
+            f"cannot read fastlin model {path!r}: the file is empty (0 bytes), not a fastlin model (.npz) file"
+        )
     arrays = {}
     try:
         with open(path, "rb") as f:
@@ -214,13 +218,17 @@ def _read_archive(path):
                 )
             if not head.startswith(_ZIP_MAGICS):
                 what = "a text file" if _looks_like_text(head) else "neither a .npz (zip) archive nor a .npy file"
-                raise ModelFileError(f"cannot read fastlin model {path!r}: it is {what}, not a fastlin model (.npz) file")
+                raise ModelFileError(
+                    f"cannot read fastlin model {path!r}: it is {what}, not a fastlin model (.npz) file"
+                )
             f.seek(0)
             with zipfile.ZipFile(f) as zf:
                 infos = zf.infolist()
                 keys = [i.filename.removesuffix(".npy") for i in infos]
                 if len(set(keys)) != len(keys):
-                    raise ModelFileError(f"cannot read fastlin model {path!r}: the archive lists an entry twice (damaged)")
+                    raise ModelFileError(
+                        f"cannot read fastlin model {path!r}: the archive lists an entry twice (damaged)"
+                    )
                 if not {"format_version", "weight"} <= set(keys):
                     raise ModelFileError(f"{path!r} is a .npz file but not a fastlin model (it holds {sorted(keys)})")
                 for key, info in zip(keys, infos):
@@ -231,7 +239,9 @@ def _read_archive(path):
     except ModelFileError:
         raise
     except Exception as exc:  # zipfile, zlib and numpy's header parser raise many kinds
-        raise ModelFileError(f"cannot read fastlin model {path!r}: the file is damaged ({type(exc).__name__}: {exc})") from exc
+        raise ModelFileError(
+            f"cannot read fastlin model {path!r}: the file is damaged ({type(exc).__name__}: {exc})"
+        ) from exc
     return arrays
 
 

@@ -70,7 +70,16 @@ install_compile_notice()
 # Only explicit ``prange`` loops run in parallel.  numba's other automatic
 # parallelisations would turn small array expressions (``gW[:] = 0``) into
 # thread-pool launches.
-_PRANGE_ONLY = dict(comprehension=False, reduction=False, inplace_binop=False, setitem=False, numpy=False, stencil=False, fusion=False, prange=True)
+_PRANGE_ONLY = dict(
+    comprehension=False,
+    reduction=False,
+    inplace_binop=False,
+    setitem=False,
+    numpy=False,
+    stencil=False,
+    fusion=False,
+    prange=True,
+)
 
 
 def kernel(fn=None, *, parallel: bool = False, inline: bool = False):

@@ -42,7 +42,14 @@ def note_cast(model: Any, a: object, name: str) -> None:
         "%s is %s but the fastlin model is %s, so it is copied and cast on every call "
         "(slower, and more memory). Pass %s data (e.g. %s = %s.astype(np.%s), once), or build "
         "the model with dtype=np.%s. (Said once per model.)",
-        name, have, want, want, name, name, want, have,
+        name,
+        have,
+        want,
+        want,
+        name,
+        name,
+        want,
+        have,
     )
 
 
@@ -62,7 +69,9 @@ def compile_message() -> str:
 
     if CACHE:
         return "fastlin: compiling kernels for first use (a few seconds; cached afterwards)"
-    return "fastlin: compiling kernels for first use (a few seconds; the cache is off, so each new process compiles again)"
+    return (
+        "fastlin: compiling kernels for first use (a few seconds; the cache is off, so each new process compiles again)"
+    )
 
 
 def _announce() -> None:

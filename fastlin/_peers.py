@@ -407,8 +407,7 @@ class Jax(Backend):
 
 
 BACKENDS = {
-    cls.name: cls
-    for cls in (FastlinCPU1, FastlinCPUAll, FastlinCUDA, Numpy, Torch, TorchCUDA, TorchCUDAGraph, Jax)
+    cls.name: cls for cls in (FastlinCPU1, FastlinCPUAll, FastlinCUDA, Numpy, Torch, TorchCUDA, TorchCUDAGraph, Jax)
 }
 PEERS = tuple(name for name, cls in BACKENDS.items() if not cls.fastlin)
 

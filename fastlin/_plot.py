@@ -44,7 +44,9 @@ def finish(fig: Any, ax: Any, path: Any, *, close: bool = False) -> Any:
     return ax
 
 
-def plot_loss(loss: Sequence[float] | Any, *, ax: Any = None, log: bool = False, path: Any = None, title: str | None = None) -> Any:
+def plot_loss(
+    loss: Sequence[float] | Any, *, ax: Any = None, log: bool = False, path: Any = None, title: str | None = None
+) -> Any:
     """Draw a loss curve (step 1, 2, ... against ``loss``); see :meth:`fastlin.History.plot`."""
     plt = pyplot()
     created = ax is None

@@ -155,7 +155,9 @@ def blas_summary():
     parts = []
     for info in infos:
         arch = f" {info['architecture']}" if info.get("architecture") else ""
-        parts.append(f"{info['internal_api']} {info.get('version') or ''}{arch}, {info['num_threads']} threads ({info['prefix']})")
+        parts.append(
+            f"{info['internal_api']} {info.get('version') or ''}{arch}, {info['num_threads']} threads ({info['prefix']})"
+        )
     return "; ".join(parts) + coretype
 
 
@@ -194,7 +196,7 @@ class Limits:
         return max(nbytes / self.read_bytes_per_s, flops / self.gemm_flops_per_s)
 
     def bound(self, nbytes, flops):
-        """"memory" or "compute": which ceiling binds a step of this size."""
+        """ "memory" or "compute": which ceiling binds a step of this size."""
         return "memory" if nbytes / self.read_bytes_per_s >= flops / self.gemm_flops_per_s else "compute"
 
     def as_dict(self):

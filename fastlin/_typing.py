@@ -50,4 +50,18 @@ else:
     # the class itself cannot be imported there at run time.
     Linear = Any
 
-__all__ = ["Array", "ArrayLike", "Callback", "DTypeLike", "Data", "Device", "FloatArray", "InitFn", "Linear", "NDArray", "Reduction", "Seed", "StrPath"]
+__all__ = [
+    "Array",
+    "ArrayLike",
+    "Callback",
+    "DTypeLike",
+    "Data",
+    "Device",
+    "FloatArray",
+    "InitFn",
+    "Linear",
+    "NDArray",
+    "Reduction",
+    "Seed",
+    "StrPath",
+]

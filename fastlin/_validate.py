@@ -123,7 +123,11 @@ def _object_to_float(arr, name):
         raise ValueError(f"{name} has missing values (NA / None) in {n} of {arr.size} entries; fill or drop them first")
     bad = sorted(t.__name__ for t in types if not _is_real_type(t))
     if bad:
-        what = "strings (convert them to numbers first)" if {"str", "bytes", "str_", "bytes_"} & set(bad) else ", ".join(bad) + " values"
+        what = (
+            "strings (convert them to numbers first)"
+            if {"str", "bytes", "str_", "bytes_"} & set(bad)
+            else ", ".join(bad) + " values"
+        )
         raise TypeError(f"{name} must hold real numbers, got an object array holding {what}")
     try:
         return arr.astype(np.float64)
@@ -199,7 +203,9 @@ def as_host_array(a, name, dtype):
     if type(a) is np.ndarray and a.dtype.kind in "biuf":
         arr = a  # a plain ndarray to cast: nothing else to look at
     else:
-        arr = host_numpy(a, name, "the model is on the CPU; move the model with model.to('cuda') or copy the array to the host")
+        arr = host_numpy(
+            a, name, "the model is on the CPU; move the model with model.to('cuda') or copy the array to the host"
+        )
     if arr.dtype.kind != "f" or arr.dtype.itemsize <= np.dtype(dtype).itemsize:
         return np.asarray(arr, dtype=dtype, order="C")  # cannot overflow (ascontiguousarray would make 0-D 1-D)
     with np.errstate(over="raise"):  # float64 -> float32: 1e39 would become Inf silently
@@ -207,7 +213,9 @@ def as_host_array(a, name, dtype):
             return np.asarray(arr, dtype=dtype, order="C")
         except FloatingPointError:
             big = float(np.nanmax(np.abs(arr)))
-            raise ValueError(f"{name} has values too large for {np.dtype(dtype)} (largest magnitude {big:.4g}); they would become Inf") from None
+            raise ValueError(
+                f"{name} has values too large for {np.dtype(dtype)} (largest magnitude {big:.4g}); they would become Inf"
+            ) from None
 
 
 def finite_param(arr, name, dtype):
@@ -236,7 +244,9 @@ def check_input_shape(shape, in_features, name="X"):
     Returns ``(n_rows, single_sample)``.
     """
     if len(shape) not in (1, 2):
-        raise ValueError(f"{name} must be 1-D (one sample of {in_features} features) or 2-D (N, {in_features}), got {len(shape)}-D with shape {tuple(shape)}")
+        raise ValueError(
+            f"{name} must be 1-D (one sample of {in_features} features) or 2-D (N, {in_features}), got {len(shape)}-D with shape {tuple(shape)}"
+        )
     if len(shape) == 1:
         if shape[0] != in_features:
             raise ValueError(f"{name} has {shape[0]} features but the model expects in_features={in_features}")

@@ -211,7 +211,9 @@ def _grid(sizes, shapes, max_work):
                 yield n, n_in, n_out
 
 
-def run(sizes=SIZES, shapes=SHAPES, backends=None, budget=0.1, max_work=MAX_WORK, quick=False, repeats=MIN_ROUNDS, log=print):
+def run(
+    sizes=SIZES, shapes=SHAPES, backends=None, budget=0.1, max_work=MAX_WORK, quick=False, repeats=MIN_ROUNDS, log=print
+):
     """Measure the grid; returns a :class:`Report`.
 
     Each backend gets about ``budget`` seconds of timing per size and round.
@@ -444,7 +446,9 @@ def crossovers(report):
         gpu_pts, cpu_pts = [], []
         for n in sorted(by_n):
             t = by_n[n]
-            cpu = min((t[b] for b in ("fastlin-cpu", "fastlin-cpu-1t") if b in t), key=lambda r: r.seconds, default=None)
+            cpu = min(
+                (t[b] for b in ("fastlin-cpu", "fastlin-cpu-1t") if b in t), key=lambda r: r.seconds, default=None
+            )
             if cpu and "fastlin-cuda" in t:
                 gpu = t["fastlin-cuda"]
                 gpu_pts.append((n, cpu.seconds / gpu.seconds, differ(cpu, gpu)))
@@ -525,7 +529,7 @@ def format_table(report, markdown=False):
 
 
 def _clear_wins(points):
-    """" (faster beyond the spread at N = …)" for the sizes where the ratio is a real win, else ""."""
+    """ " (faster beyond the spread at N = …)" for the sizes where the ratio is a real win, else ""."""
     wins = [n for n, r, *rest in points if r > 1 and (rest[0] if rest else True)]
     return f" (faster beyond the spread at N = {', '.join(f'{n:,}' for n in wins)})" if wins else ""
 
@@ -606,8 +610,18 @@ def peers_title(backends):
     """What the plot compares, naming only the backends that ran."""
     fastlin = [b for b in backends if _peers.BACKENDS[b].fastlin]
     peers = [b for b in backends if not _peers.BACKENDS[b].fastlin]
-    names = {"numpy": "numpy", "torch": "torch", "torch-cuda": "torch CUDA", "torch-cuda-graph": "torch CUDA graph", "jax": "JAX"}
-    ours = "fastlin " + ("CPU and CUDA" if any(_peers.BACKENDS[b].device == "cuda" for b in fastlin) else "CPU") if fastlin else "no fastlin"
+    names = {
+        "numpy": "numpy",
+        "torch": "torch",
+        "torch-cuda": "torch CUDA",
+        "torch-cuda-graph": "torch CUDA graph",
+        "jax": "JAX",
+    }
+    ours = (
+        "fastlin " + ("CPU and CUDA" if any(_peers.BACKENDS[b].device == "cuda" for b in fastlin) else "CPU")
+        if fastlin
+        else "no fastlin"
+    )
     return f"{ours} vs {'/'.join(names.get(p, p) for p in peers)}"
 
 
@@ -722,8 +736,10 @@ def main(args):
     if no_plot:
         print(f"no plot: {no_plot} (or pass --no-plot)")
     if backends is not None and not any(_peers.BACKENDS[b].fastlin for b in backends):
-        print(f"note: --backends {','.join(backends)} names no fastlin backend, so fastlin will not be measured "
-              "(add fastlin-cpu or fastlin-cuda to compare it)")
+        print(
+            f"note: --backends {','.join(backends)} names no fastlin backend, so fastlin will not be measured "
+            "(add fastlin-cpu or fastlin-cuda to compare it)"
+        )
     report = run(sizes, shapes, backends, budget=budget, max_work=args.max_work, quick=args.quick, repeats=repeats)
     fastlin_ran = [b for b in report.backends if _peers.BACKENDS[b].fastlin]
     if not any(_peers.BACKENDS[b].device == "cuda" for b in report.backends):

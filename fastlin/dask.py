@@ -47,9 +47,7 @@ try:
     import dask
     import dask.array as da
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
-    raise ImportError(
-        f"fastlin.dask needs dask ({exc}); install it with: pip install 'fastlin[dask]'"
-    ) from exc
+    raise ImportError(f"fastlin.dask needs dask ({exc}); install it with: pip install 'fastlin[dask]'") from exc
 
 from . import _validate
 from .backends import cpu_ops
@@ -403,7 +401,9 @@ class _Fit:
         # Empty chunks (possible in dask) add nothing; leaving them out spares
         # every kernel the zero-row case.
         keep = [i for i, n in enumerate(spec.X.chunks[0]) if n]
-        pairs = [_PAIR(xs[i], ts[i], m.dtype, m.out_features, dask_key_name=f"fastlin-data-{self.tag}-{i}") for i in keep]
+        pairs = [
+            _PAIR(xs[i], ts[i], m.dtype, m.out_features, dask_key_name=f"fastlin-data-{self.tag}-{i}") for i in keep
+        ]
         if spec.persist:
             pairs = dask.persist(*pairs, optimize_graph=False)
         return dict(zip(keep, pairs))
@@ -438,7 +438,12 @@ class _Fit:
     def _batch_sums(self, pairs, step, batch):
         i, lo, hi = batch
         task = _PAIR_SUMS(
-            self._params(step, 1), pairs[i], self.model.has_bias, lo, hi, dask_key_name=f"fastlin-sums-{self.tag}-{step}-{i}"
+            self._params(step, 1),
+            pairs[i],
+            self.model.has_bias,
+            lo,
+            hi,
+            dask_key_name=f"fastlin-sums-{self.tag}-{step}-{i}",
         )
         (sums,) = dask.compute(task, optimize_graph=False)
         return sums, hi - lo
@@ -474,8 +479,10 @@ class _Fit:
             # refuses a non-finite gradient or update without writing.
             # Asked at every step: a callback may have changed opt.lr.
             hp = self.opt.hyper(spec.reduction_sum, m.dtype)
-            status = NONFINITE_LOSS if not math.isfinite(sse) else ops.sgd_update(
-                m._W, m._bvec, m.has_bias, st.weight, st.bias, hp, st.flags, gW, gb, scale
+            status = (
+                NONFINITE_LOSS
+                if not math.isfinite(sse)
+                else ops.sgd_update(m._W, m._bvec, m.has_bias, st.weight, st.bias, hp, st.flags, gW, gb, scale)
             )
             if status != OK:
                 self._fail(status, loss, losses, pairs, snapshot, time.perf_counter() - start)
@@ -584,7 +591,14 @@ class _NpyRows:
 
     def __dask_tokenize__(self):
         # A rewritten file gets a new token, so dask never reuses stale chunks.
-        return ("fastlin.dask.from_npy", os.path.abspath(self.path), self.shape, self.dtype.str, self.offset, self._stamp)
+        return (
+            "fastlin.dask.from_npy",
+            os.path.abspath(self.path),
+            self.shape,
+            self.dtype.str,
+            self.offset,
+            self._stamp,
+        )
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
@@ -595,7 +609,12 @@ class _NpyRows:
         hi = max(hi, lo)
         row_items = math.prod(self.shape[1:])
         with open(self.path, "rb") as f:
-            data = np.fromfile(f, dtype=self.dtype, count=(hi - lo) * row_items, offset=self.offset + lo * row_items * self.dtype.itemsize)
+            data = np.fromfile(
+                f,
+                dtype=self.dtype,
+                count=(hi - lo) * row_items,
+                offset=self.offset + lo * row_items * self.dtype.itemsize,
+            )
         if data.size != (hi - lo) * row_items:
             raise OSError(f"{self.path} is shorter than its header says (was it truncated after from_npy?)")
         data = data.reshape((hi - lo,) + self.shape[1:])
@@ -670,9 +689,12 @@ def solve(model, X, T, *, weight_decay=0.0):
     xs = X.to_delayed().ravel()
     ts = T.to_delayed().ravel()
     level = [
-        _GRAM_SUMS(_PAIR(xs[i], ts[i], model.dtype, model.out_features, dask_key_name=f"fastlin-data-{tag}-{i}"),
-                   dask_key_name=f"fastlin-gram-{tag}-{i}")
-        for i, n in enumerate(X.chunks[0]) if n
+        _GRAM_SUMS(
+            _PAIR(xs[i], ts[i], model.dtype, model.out_features, dask_key_name=f"fastlin-data-{tag}-{i}"),
+            dask_key_name=f"fastlin-gram-{tag}-{i}",
+        )
+        for i, n in enumerate(X.chunks[0])
+        if n
     ]
     depth = 0
     while len(level) > 1:

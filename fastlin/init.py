@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._typing import FloatArray, InitFn
-
 from . import _validate
+from ._typing import FloatArray, InitFn
 
 
 def uniform01(rng: np.random.Generator, out_features: int, in_features: int) -> tuple[FloatArray, FloatArray]:

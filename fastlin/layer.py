@@ -147,11 +147,15 @@ class Linear:
         """
         weight = _host_param(weight, "weight", None)
         if weight.ndim != 2 or weight.size == 0:
-            raise ValueError(f"weight must be a non-empty 2-D array (out_features, in_features), got shape {weight.shape}")
+            raise ValueError(
+                f"weight must be a non-empty 2-D array (out_features, in_features), got shape {weight.shape}"
+            )
         if bias is not None:
             bias = _host_param(bias, "bias", weight.dtype)
             if bias.shape != (weight.shape[0],):
-                raise ValueError(f"bias must have shape ({weight.shape[0]},) to match weight {weight.shape}, got {bias.shape}")
+                raise ValueError(
+                    f"bias must have shape ({weight.shape[0]},) to match weight {weight.shape}, got {bias.shape}"
+                )
         device = _dispatch.resolve(device, n_params=weight.size)
         model = cls.__new__(cls)
         model._install(device, weight, bias)
@@ -270,7 +274,9 @@ class Linear:
     def __setstate__(self, state):
         if not isinstance(state, dict) or state.get("format") != PICKLE_FORMAT:
             got = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"cannot restore a fastlin.Linear from this pickle (format {got!r}; this fastlin reads {PICKLE_FORMAT})")
+            raise ValueError(
+                f"cannot restore a fastlin.Linear from this pickle (format {got!r}; this fastlin reads {PICKLE_FORMAT})"
+            )
         device = state["device"]
         if device == "cuda":
             reason = _dispatch.cuda_unavailable_reason()
@@ -465,7 +471,9 @@ class Linear:
         try:
             st = opt.state_for(self, self._ops)
             hp = opt.hyper(reduction_sum, self.dtype)
-            loss, status = self._ops.fused_step(self._W, self._bvec, self.has_bias, st.weight, st.bias, hp, st.flags, X, T, self._step_ws)
+            loss, status = self._ops.fused_step(
+                self._W, self._bvec, self.has_bias, st.weight, st.bias, hp, st.flags, X, T, self._step_ws
+            )
         finally:
             self._lock.release()
         if status != OK:
@@ -572,10 +580,11 @@ class Linear:
             seed = int(seed.integers(1 << 63))
         self._lock.acquire()  # one fit or step of this model at a time; others wait
         try:
-            return _Fit(self, opt, X, T, reduction_sum, batch, shuffle, seed, check_finite).run(steps, log_every, callback, progress)
+            return _Fit(self, opt, X, T, reduction_sum, batch, shuffle, seed, check_finite).run(
+                steps, log_every, callback, progress
+            )
         finally:
             self._lock.release()
-
 
     def solve(self, X: Data, T: Data, *, weight_decay: float = 0.0, sample_weight: ArrayLike | None = None) -> float:
         """Set the weights to the exact minimiser of the loss, in one read of X.
@@ -655,6 +664,7 @@ class Linear:
                 self._ops.copy_into(self._b, b)
         return _solve.layer_loss(sums, W, b)
 
+
 class _Fit:
     """One call of ``Linear.fit``: runs the compiled loop in segments and
     turns status codes into exceptions."""
@@ -717,7 +727,17 @@ class _Fit:
                     losses = grown
                 t0 = time.perf_counter()
                 n, status = ops.fit_steps(
-                    m._W, m._bvec, m.has_bias, st.weight, st.bias, hp, st.flags, self.X, self.T, self.plan, losses[done : done + k]
+                    m._W,
+                    m._bvec,
+                    m.has_bias,
+                    st.weight,
+                    st.bias,
+                    hp,
+                    st.flags,
+                    self.X,
+                    self.T,
+                    self.plan,
+                    losses[done : done + k],
                 )
                 seconds_per_step = (time.perf_counter() - t0) / max(n, 1)
                 if status != OK:

@@ -67,7 +67,14 @@ class SGD:
 
     _HYPER = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
-    def __init__(self, lr: float, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False) -> None:
+    def __init__(
+        self,
+        lr: float,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
         values = _check_hyper(lr, momentum, dampening, weight_decay, nesterov)
         for key, value in zip(self._HYPER, values):
             object.__setattr__(self, key, value)
@@ -113,7 +120,9 @@ class SGD:
     def __setstate__(self, state):
         if not isinstance(state, dict) or state.get("format") != PICKLE_FORMAT:
             got = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"cannot restore a fastlin.SGD from this pickle (format {got!r}; this fastlin reads {PICKLE_FORMAT})")
+            raise ValueError(
+                f"cannot restore a fastlin.SGD from this pickle (format {got!r}; this fastlin reads {PICKLE_FORMAT})"
+            )
         values = _check_hyper(**state["hyper"])
         for key, value in zip(self._HYPER, values):
             object.__setattr__(self, key, value)

@@ -323,7 +323,14 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         # X's NaN/Inf check is left to the solver: the exact solve notices
         # them in its sums, which saves a pass over X (see _fit_exact).
         X, y = validate_data(
-            self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True, reset=True, ensure_all_finite=False
+            self,
+            X,
+            y,
+            dtype=[np.float64, np.float32],
+            multi_output=True,
+            y_numeric=True,
+            reset=True,
+            ensure_all_finite=False,
         )
         Y, y_1d = _as_2d_targets(y, X.dtype)
         weights = _check_weights(sample_weight, X)
@@ -340,7 +347,9 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         lr = self._learning_rate(A, T.shape[1], batch, hyper, stochastic=batch < A.shape[0])
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         opt = SGD(lr, momentum=hyper["momentum"], weight_decay=hyper["weight_decay"], nesterov=hyper["nesterov"])
-        stopper = None if self.tol is None else _EarlyStopping(self.tol, self.n_iter_no_change, A.shape[0], batch, layer)
+        stopper = (
+            None if self.tol is None else _EarlyStopping(self.tol, self.n_iter_no_change, A.shape[0], batch, layer)
+        )
         history = layer.fit(
             A, T, epochs=self.max_iter, opt=opt, batch_size=batch, shuffle=self.shuffle, seed=seed, callback=stopper
         )
@@ -536,7 +545,16 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     def _live_state(self, n_inputs, n_targets, dtype, lr, hyper):
         """partial_fit's layer and optimiser, kept between calls in memory
         while the shapes, the dtype and the hyper-parameters stay the same."""
-        key = (n_inputs, n_targets, np.dtype(dtype), self.device, lr, hyper["momentum"], hyper["weight_decay"], hyper["nesterov"])
+        key = (
+            n_inputs,
+            n_targets,
+            np.dtype(dtype),
+            self.device,
+            lr,
+            hyper["momentum"],
+            hyper["weight_decay"],
+            hyper["nesterov"],
+        )
         live = getattr(self, "_live", None)
         if live is not None and live[2] == key:
             return live[0], live[1]
@@ -585,7 +603,9 @@ def _check_weights(sample_weight, X):
     n = X.shape[0]
     if isinstance(sample_weight, numbers.Number):
         sample_weight = np.full(n, sample_weight, dtype=np.float64)
-    w = check_array(sample_weight, ensure_2d=False, dtype=np.float64, ensure_non_negative=True, input_name="sample_weight")
+    w = check_array(
+        sample_weight, ensure_2d=False, dtype=np.float64, ensure_non_negative=True, input_name="sample_weight"
+    )
     if w.ndim != 1:
         raise ValueError(f"sample_weight must be 1-D with shape ({n},), got shape {w.shape}")
     if w.shape[0] != n:

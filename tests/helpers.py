@@ -38,4 +38,6 @@ def assert_sums_close(got, ref, magnitude, dtype, rounding=0.0):
     rel = 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
     err = np.abs(np.asarray(got, dtype=np.float64) - ref)
     bound = rel * magnitude + rounding + 1e-30
-    assert np.all(err <= bound), f"max error {err.max():.3g} exceeds {rel:g} of the terms' magnitude (worst ratio {(err / bound).max():.3g})"
+    assert np.all(err <= bound), (
+        f"max error {err.max():.3g} exceeds {rel:g} of the terms' magnitude (worst ratio {(err / bound).max():.3g})"
+    )

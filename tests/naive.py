@@ -109,8 +109,23 @@ def epoch_permutation(seed, epoch, n):
     return np.array(order, dtype=np.int64)
 
 
-def fit(X, T, W, b, steps, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-        batch_size=None, shuffle=False, seed=0, reduction="mean"):
+def fit(
+    X,
+    T,
+    W,
+    b,
+    steps,
+    *,
+    lr,
+    momentum=0.0,
+    dampening=0.0,
+    weight_decay=0.0,
+    nesterov=False,
+    batch_size=None,
+    shuffle=False,
+    seed=0,
+    reduction="mean",
+):
     """Mini-batch SGD exactly as fastlin documents it, in float64.
 
     Returns (losses, W, b) with b None for a layer without bias.

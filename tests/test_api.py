@@ -69,7 +69,13 @@ def test_zeros_initialiser_and_custom_callable():
     model = fastlin.Linear(3, 2, init=lambda rng, o, i: (np.full((o, i), 2.0), np.arange(o)))
     assert (model.weight == 2).all() and model.bias.tolist() == [0.0, 1.0]
     assert set(init.INITIALIZERS) == {
-        "uniform01", "kaiming_uniform", "kaiming_normal", "glorot_uniform", "glorot_normal", "torch", "zeros",
+        "uniform01",
+        "kaiming_uniform",
+        "kaiming_normal",
+        "glorot_uniform",
+        "glorot_normal",
+        "torch",
+        "zeros",
     }
 
 
@@ -227,6 +233,11 @@ def test_import_needs_no_cuda():
 
 
 def test_import_is_light():
-    proc = _run(["-c", "import sys, fastlin; print(sorted(m for m in ('numba.cuda', 'sklearn', 'dask', 'matplotlib', 'tqdm', 'torch') if m in sys.modules))"])
+    proc = _run(
+        [
+            "-c",
+            "import sys, fastlin; print(sorted(m for m in ('numba.cuda', 'sklearn', 'dask', 'matplotlib', 'tqdm', 'torch') if m in sys.modules))",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

@@ -177,7 +177,10 @@ def test_history_repr_is_one_short_line():
     assert "\n" not in text and len(text) < 100
     assert text.startswith("History(400 steps, loss ")
     assert f"{history.loss[0]:.6g} -> {history.loss[-1]:.6g}" in text and text.endswith(" s)")
-    assert repr(fastlin.History(np.array([2.0]), 0.5, stopped_early=True)) == "History(1 step, loss 2 -> 2, 0.5 s, stopped early)"
+    assert (
+        repr(fastlin.History(np.array([2.0]), 0.5, stopped_early=True))
+        == "History(1 step, loss 2 -> 2, 0.5 s, stopped early)"
+    )
 
 
 # ----------------------------------------------------------------------
@@ -188,7 +191,12 @@ def test_demo_says_what_the_final_loss_is():
     assert proc.returncode == 0, proc.stderr
     losses = info_losses(proc.stdout)
     assert len(losses) == 20
-    final, before = map(float, re.search(r"^final loss: (\S+) \(after the last update; (\S+) before training\)$", proc.stdout, re.MULTILINE).groups())
+    final, before = map(
+        float,
+        re.search(
+            r"^final loss: (\S+) \(after the last update; (\S+) before training\)$", proc.stdout, re.MULTILINE
+        ).groups(),
+    )
     assert final < losses[-1] and before == pytest.approx(losses[0], rel=1e-5)
     assert "warning" not in proc.stderr
 
@@ -196,7 +204,11 @@ def test_demo_says_what_the_final_loss_is():
 def test_demo_warns_when_the_loss_grows():
     proc = run(["-m", "fastlin", "demo", "--lr", "5"])
     assert proc.returncode == 1, proc.stderr
-    assert re.search(r"^warning: the loss grew from \S+ to \S+: the learning rate \(--lr 5\) is probably too large", proc.stderr, re.MULTILINE)
+    assert re.search(
+        r"^warning: the loss grew from \S+ to \S+: the learning rate \(--lr 5\) is probably too large",
+        proc.stderr,
+        re.MULTILINE,
+    )
     assert "Traceback" not in proc.stderr
 
 
@@ -284,7 +296,9 @@ def test_compare_says_before_measuring_what_it_will_not_do(tmp_path):
     lines = proc.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("measuring"))
     no_plot = next(i for i, line in enumerate(lines) if line.startswith("no plot: plotting needs matplotlib"))
-    no_fastlin = next(i for i, line in enumerate(lines) if "names no fastlin backend, so fastlin will not be measured" in line)
+    no_fastlin = next(
+        i for i, line in enumerate(lines) if "names no fastlin backend, so fastlin will not be measured" in line
+    )
     assert no_plot < start and no_fastlin < start
     assert "comparing fastlin" not in proc.stdout
     assert (tmp_path / "compare.json").exists() and not (tmp_path / "compare.png").exists()
@@ -336,13 +350,29 @@ def test_cuda_tests_skip_with_one_line_when_there_is_no_cuda():
         pytest.skip("CUDA is usable here, so the CUDA tests run instead of skipping")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/cuda/test_cuda_model.py", "tests/cuda/test_cuda_inputs.py", "-q", "-p", "no:cacheprovider"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/cuda/test_cuda_model.py",
+            "tests/cuda/test_cuda_inputs.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     skipped = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
     assert len(skipped) == 1, skipped  # one line, one reason, however many tests
-    assert re.match(r"SKIPPED \[\d{2,}\] tests/cuda/conftest\.py:\d+: tests/cuda need a GPU, or NUMBA_ENABLE_CUDASIM=1", skipped[0])
+    assert re.match(
+        r"SKIPPED \[\d{2,}\] tests/cuda/conftest\.py:\d+: tests/cuda need a GPU, or NUMBA_ENABLE_CUDASIM=1", skipped[0]
+    )
 
 
 # ----------------------------------------------------------------------
@@ -353,11 +383,25 @@ def _public_api():
 
     L, S, H = fastlin.Linear, fastlin.SGD, fastlin.History
     functions = [
-        L.__init__, L.from_weights, L.forward, L.loss, L.gradients, L.backward, L.step, L.fit,
-        L.numpy, L.to, L.copy, L.save,
-        S.__init__, S.reset, S.apply,
+        L.__init__,
+        L.from_weights,
+        L.forward,
+        L.loss,
+        L.gradients,
+        L.backward,
+        L.step,
+        L.fit,
+        L.numpy,
+        L.to,
+        L.copy,
+        L.save,
+        S.__init__,
+        S.reset,
+        S.apply,
         H.plot,
-        fastlin.mse_loss, fastlin.cuda_available, fastlin.cuda_unavailable_reason,
+        fastlin.mse_loss,
+        fastlin.cuda_available,
+        fastlin.cuda_unavailable_reason,
         *(f for f in fastlin.init.INITIALIZERS.values()),
     ]
     if hasattr(L, "solve"):

@@ -24,7 +24,13 @@ HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 def _run(*args, cwd):
     env = dict(os.environ, PYTHONWARNINGS="error::DeprecationWarning:fastlin")
     return subprocess.run(
-        [sys.executable, "-m", "fastlin", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120, check=False
+        [sys.executable, "-m", "fastlin", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+        check=False,
     )
 
 
@@ -41,7 +47,9 @@ def test_compare_quick_table_and_files(tmp_path, capsys):
     header = next(line for line in text.splitlines() if line.startswith("D→O"))
     assert header.split() == ["D→O", "N", "backend", "time/step", "spread", "×", "numpy", "%", "of", "limit"]
     rows = _table_lines(text)
-    expected = [[s, n, b] for s in ("8→1", "8→3") for n in ("16", "48") for b in ("fastlin-cpu-1t", "fastlin-cpu", "numpy")]
+    expected = [
+        [s, n, b] for s in ("8→1", "8→3") for n in ("16", "48") for b in ("fastlin-cpu-1t", "fastlin-cpu", "numpy")
+    ]
     assert [r[:3] for r in rows] == expected
     assert all(len(r) == 8 for r in rows)  # shape, N, backend, time and unit, spread, speed-up, % of limit
     assert all(re.fullmatch(r"±\d+(\.\d+)?%", r[5]) for r in rows)  # every backend ran rounds enough for a spread
@@ -59,7 +67,20 @@ def test_compare_quick_table_and_files(tmp_path, capsys):
 
 
 def test_compare_cli_runs_every_backend_present(tmp_path):
-    proc = _run("compare", "--quick", "--sizes", "16", "--shapes", "8x2", "--budget", "0.002", "--no-plot", "--out", str(tmp_path), cwd=tmp_path)
+    proc = _run(
+        "compare",
+        "--quick",
+        "--sizes",
+        "16",
+        "--shapes",
+        "8x2",
+        "--budget",
+        "0.002",
+        "--no-plot",
+        "--out",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     present = [name for name in _peers.BACKENDS if _peers.unavailable(name) is None]
     assert [r[2] for r in _table_lines(proc.stdout)] == present
@@ -100,15 +121,32 @@ def _report(times):
     """A Report from {(n, backend): seconds} for the shape 64→1."""
     backends = sorted({b for _, b in times}, key=list(_peers.BACKENDS).index)
     report = compare.Report(
-        date="today", cpu="cpu", blas="blas", gpu="gpu", backends=backends, skipped={},
-        gemm_flops_per_s=1e11, gemm_method="test", gpu_limits=None,
+        date="today",
+        cpu="cpu",
+        blas="blas",
+        gpu="gpu",
+        backends=backends,
+        skipped={},
+        gemm_flops_per_s=1e11,
+        gemm_method="test",
+        gpu_limits=None,
     )
     for n in sorted({n for n, _ in times}):
         base = times[(n, "numpy")]
         for b in backends:
             t = times[(n, b)]
             report.results.append(
-                compare.Result(n, 64, 1, b, _peers.BACKENDS[b].device, seconds=t, samples=3, speedup_vs_numpy=base / t, fraction_of_limit=0.5)
+                compare.Result(
+                    n,
+                    64,
+                    1,
+                    b,
+                    _peers.BACKENDS[b].device,
+                    seconds=t,
+                    samples=3,
+                    speedup_vs_numpy=base / t,
+                    fraction_of_limit=0.5,
+                )
             )
     report.crossover = compare.crossovers(report)
     return report
@@ -165,8 +203,16 @@ def test_a_crossing_within_the_spread_is_not_stated():
 
 
 def test_noisy_crossover_says_the_machine_was_too_noisy():
-    report = _report({(1_000, "fastlin-cpu"): 1e-5, (1_000, "fastlin-cuda"): 1e-4, (1_000, "numpy"): 3e-5,
-                      (100_000, "fastlin-cpu"): 1e-3, (100_000, "fastlin-cuda"): 1e-4, (100_000, "numpy"): 3e-3})
+    report = _report(
+        {
+            (1_000, "fastlin-cpu"): 1e-5,
+            (1_000, "fastlin-cuda"): 1e-4,
+            (1_000, "numpy"): 3e-5,
+            (100_000, "fastlin-cpu"): 1e-3,
+            (100_000, "fastlin-cuda"): 1e-4,
+            (100_000, "numpy"): 3e-3,
+        }
+    )
     for r in report.results:  # rounds from 0.2x to 5x the median: every range overlaps
         r.rounds = [0.2 * r.seconds, r.seconds, 5 * r.seconds]
     report.crossover = compare.crossovers(report)
@@ -191,7 +237,9 @@ def test_rounds_continue_until_the_spread_is_small(monkeypatch):
             pass
 
     noisy = iter([1.0, 3.0, 1.0, 3.0, 1.0, 3.0, 1.0, 3.0, 1.0, 3.0])
-    monkeypatch.setattr(compare, "time_step", lambda fn, budget, warm_up=True, min_samples=3: (next(noisy) if fn == "noisy" else 2.0, 1))
+    monkeypatch.setattr(
+        compare, "time_step", lambda fn, budget, warm_up=True, min_samples=3: (next(noisy) if fn == "noisy" else 2.0, 1)
+    )
     quiet, loud = Fake(), Fake()
     loud.step = "noisy"
     row = [compare.Result(10, 4, 1, "numpy", "cpu"), compare.Result(10, 4, 1, "fastlin-cpu", "cpu")]

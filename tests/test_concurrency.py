@@ -13,11 +13,10 @@ import threading
 
 import numpy as np
 import pytest
+from helpers import make_data
 
 import fastlin
 from fastlin.backends import cpu_ops
-
-from helpers import make_data
 
 N_THREADS = 8
 CALLS = 40
@@ -90,7 +89,9 @@ def test_read_only_calls_from_many_threads_are_exact(path, dtype, monkeypatch):
                     bad.append((i, k, j))
 
     _run_threads(work)
-    assert not bad, f"{len(bad)} of {N_THREADS * CALLS * 8} results differ from the same call made alone, e.g. {bad[:5]}"
+    assert not bad, (
+        f"{len(bad)} of {N_THREADS * CALLS * 8} results differ from the same call made alone, e.g. {bad[:5]}"
+    )
 
 
 def _train_alone(W, b, X, T, hyper, steps):

@@ -26,7 +26,6 @@ from distributed import Client, LocalCluster  # noqa: E402
 import fastlin  # noqa: E402
 import fastlin.dask as fd  # noqa: E402
 
-
 RTOL = 1e-10
 
 
@@ -132,7 +131,13 @@ def test_full_batch_matches_naive_reference_local_scheduler():
     X, T = data()
     model = fastlin.Linear(7, 3, dtype=np.float64, seed=1)
     W0, b0 = model.numpy()
-    hist = fd.fit(model, da.from_array(X, chunks=(400, 7)), da.from_array(T, chunks=(400, 3)), steps=20, opt=fastlin.SGD(0.05, momentum=0.9))
+    hist = fd.fit(
+        model,
+        da.from_array(X, chunks=(400, 7)),
+        da.from_array(T, chunks=(400, 3)),
+        steps=20,
+        opt=fastlin.SGD(0.05, momentum=0.9),
+    )
     loss, W, b = naive_fit(W0, b0, X, T, 20, 0.05, 0.9)
     assert rel(hist.loss, loss) < 1e-12
     assert rel(model.weight, W) < 1e-12 and rel(model.bias, b) < 1e-12
@@ -166,7 +171,13 @@ def test_full_batch_matches_model_fit_on_cluster(on_cluster, monkeypatch, d, o, 
     ref = fastlin.Linear(d, o, dtype=np.float64, seed=3)
     model = ref.copy()
     h_ref = ref.fit(X, T, steps=20, opt=fastlin.SGD(0.05, momentum=0.9))
-    hist = fd.fit(model, da.from_array(X, chunks=(300, d)), da.from_array(T, chunks=(300, o)), steps=20, opt=fastlin.SGD(0.05, momentum=0.9))
+    hist = fd.fit(
+        model,
+        da.from_array(X, chunks=(300, d)),
+        da.from_array(T, chunks=(300, o)),
+        steps=20,
+        opt=fastlin.SGD(0.05, momentum=0.9),
+    )
     assert_same_fit(model, hist, ref, h_ref)
 
 
@@ -190,7 +201,13 @@ def test_one_output_with_1d_targets_and_float32(on_cluster):
     model = ref.copy()
     h_ref = ref.fit(X32, t32, steps=20, opt=fastlin.SGD(0.1, momentum=0.5))
     # float64 chunks are cast to the model's float32 on the workers.
-    hist = fd.fit(model, da.from_array(X, chunks=(128, 5)), da.from_array(t32, chunks=128), steps=20, opt=fastlin.SGD(0.1, momentum=0.5))
+    hist = fd.fit(
+        model,
+        da.from_array(X, chunks=(128, 5)),
+        da.from_array(t32, chunks=128),
+        steps=20,
+        opt=fastlin.SGD(0.1, momentum=0.5),
+    )
     assert model.weight.dtype == np.float32
     # Float64 sums in another order may round one float32 weight differently.
     assert_same_fit(model, hist, ref, h_ref, rtol=1e-5)
@@ -319,14 +336,49 @@ def counting_array(X, chunks, calls):
 @pytest.mark.parametrize(
     "make_X, make_T, error, match",
     [
-        (lambda X, c: counting_array(X, (100, 4), c), lambda T, c: da.from_array(T, chunks=(100, 3)), ValueError, "chunked along its columns"),
-        (lambda X, c: counting_array(X, (100, 7), c), lambda T, c: da.from_array(T, chunks=(100, 1)), ValueError, "T is chunked along its columns"),
-        (lambda X, c: counting_array(X, (100, 7), c), lambda T, c: da.from_array(T, chunks=(150, 3)), ValueError, "same row chunks"),
-        (lambda X, c: counting_array(X, (100, 7), c)[da.ones(300, chunks=100) > 0], lambda T, c: da.from_array(T, chunks=(100, 3)), ValueError, "unknown chunk sizes"),
-        (lambda X, c: counting_array(X, (100, 7), c)[:, :6], lambda T, c: da.from_array(T, chunks=(100, 3)), ValueError, "in_features=7"),
-        (lambda X, c: counting_array(X, (100, 7), c), lambda T, c: da.from_array(T[:200], chunks=(100, 3)), ValueError, "300 rows but T has 200"),
+        (
+            lambda X, c: counting_array(X, (100, 4), c),
+            lambda T, c: da.from_array(T, chunks=(100, 3)),
+            ValueError,
+            "chunked along its columns",
+        ),
+        (
+            lambda X, c: counting_array(X, (100, 7), c),
+            lambda T, c: da.from_array(T, chunks=(100, 1)),
+            ValueError,
+            "T is chunked along its columns",
+        ),
+        (
+            lambda X, c: counting_array(X, (100, 7), c),
+            lambda T, c: da.from_array(T, chunks=(150, 3)),
+            ValueError,
+            "same row chunks",
+        ),
+        (
+            lambda X, c: counting_array(X, (100, 7), c)[da.ones(300, chunks=100) > 0],
+            lambda T, c: da.from_array(T, chunks=(100, 3)),
+            ValueError,
+            "unknown chunk sizes",
+        ),
+        (
+            lambda X, c: counting_array(X, (100, 7), c)[:, :6],
+            lambda T, c: da.from_array(T, chunks=(100, 3)),
+            ValueError,
+            "in_features=7",
+        ),
+        (
+            lambda X, c: counting_array(X, (100, 7), c),
+            lambda T, c: da.from_array(T[:200], chunks=(100, 3)),
+            ValueError,
+            "300 rows but T has 200",
+        ),
         (lambda X, c: counting_array(X, (100, 7), c), lambda T, c: T, TypeError, "T must be a dask array"),
-        (lambda X, c: counting_array(X, (100, 7), c).astype(complex), lambda T, c: da.from_array(T, chunks=(100, 3)), TypeError, "real numbers"),
+        (
+            lambda X, c: counting_array(X, (100, 7), c).astype(complex),
+            lambda T, c: da.from_array(T, chunks=(100, 3)),
+            TypeError,
+            "real numbers",
+        ),
     ],
 )
 def test_bad_arrays_fail_before_any_work(make_X, make_T, error, match):
@@ -393,7 +445,9 @@ def test_nan_in_X_is_reported_as_X():
     X[5, 2] = np.nan
     model = fastlin.Linear(7, 3, dtype=np.float64, seed=12)
     with pytest.raises(ValueError, match="X contains NaN or Inf"):
-        fd.fit(model, da.from_array(X, chunks=(100, 7)), da.from_array(T, chunks=(100, 3)), steps=2, opt=fastlin.SGD(0.1))
+        fd.fit(
+            model, da.from_array(X, chunks=(100, 7)), da.from_array(T, chunks=(100, 3)), steps=2, opt=fastlin.SGD(0.1)
+        )
 
 
 def test_divergence_keeps_last_finite_step(on_cluster):
@@ -404,7 +458,14 @@ def test_divergence_keeps_last_finite_step(on_cluster):
     seen, cb = recording()
     weights = []
     with pytest.raises(fastlin.DivergenceError) as err:
-        fd.fit(model, da.from_array(X, chunks=(100, 7)), da.from_array(T, chunks=(100, 3)), steps=500, opt=fastlin.SGD(1.0), callback=lambda s, l: weights.append(model.weight.copy()) or cb(s, l))
+        fd.fit(
+            model,
+            da.from_array(X, chunks=(100, 7)),
+            da.from_array(T, chunks=(100, 3)),
+            steps=500,
+            opt=fastlin.SGD(1.0),
+            callback=lambda s, l: weights.append(model.weight.copy()) or cb(s, l),
+        )
     with pytest.raises(fastlin.DivergenceError) as ref_err:
         ref.fit(X, T, steps=500, opt=fastlin.SGD(1.0))
     assert err.value.step == ref_err.value.step == len(seen) + 1
@@ -483,7 +544,14 @@ def test_worker_death_is_retried_and_result_unchanged(on_cluster):
             _kill_worker_holding_data(on_cluster)
 
     try:
-        hist = fd.fit(model, da.from_array(X, chunks=(250, 7)), da.from_array(T, chunks=(250, 3)), steps=20, opt=fastlin.SGD(**opt_kw), callback=cb)
+        hist = fd.fit(
+            model,
+            da.from_array(X, chunks=(250, 7)),
+            da.from_array(T, chunks=(250, 3)),
+            steps=20,
+            opt=fastlin.SGD(**opt_kw),
+            callback=cb,
+        )
     finally:
         on_cluster.wait_for_workers(2, timeout=60)
     # The lost chunks were recomputed from their source; the answer is the same.
@@ -508,7 +576,10 @@ def test_failed_step_after_worker_death_keeps_last_completed_step(on_cluster, tm
         return block
 
     Xd = da.concatenate(
-        [da.from_delayed(dask.delayed(read_once)(i, X[i * 250 : (i + 1) * 250]), shape=(250, 7), dtype=X.dtype) for i in range(8)]
+        [
+            da.from_delayed(dask.delayed(read_once)(i, X[i * 250 : (i + 1) * 250]), shape=(250, 7), dtype=X.dtype)
+            for i in range(8)
+        ]
     )
     done = []
 
@@ -547,7 +618,10 @@ def test_from_npy_reads_row_chunks(tmp_path):
     np.save(tmp_path / "big.npy", np.ones((100_000, 10)))
     big = fd.from_npy(tmp_path / "big.npy", chunk_rows=10_000)
     assert len(pickle.dumps(dict(big.__dask_graph__()))) < 20_000
-    assert len(pickle.dumps(dict(da.from_array(np.load(tmp_path / "big.npy", mmap_mode="r")).__dask_graph__()))) > 8_000_000
+    assert (
+        len(pickle.dumps(dict(da.from_array(np.load(tmp_path / "big.npy", mmap_mode="r")).__dask_graph__())))
+        > 8_000_000
+    )
     np.save(tmp_path / "f.npy", np.asfortranarray(a))
     with pytest.raises(ValueError, match="Fortran order"):
         fd.from_npy(tmp_path / "f.npy", chunk_rows=10)
@@ -578,6 +652,7 @@ def test_hyper_parameters_set_by_a_callback_take_effect_at_the_next_step():
                 opt.lr = opt.lr / 4
             if step == 5:
                 opt.momentum = 0.5
+
         return callback
 
     opt_ref, opt = fastlin.SGD(0.05, momentum=0.9), fastlin.SGD(0.05, momentum=0.9)

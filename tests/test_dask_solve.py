@@ -38,7 +38,9 @@ def test_dask_solve_equals_the_in_memory_solve(chunks, bias, weight_decay):
     local = fastlin.Linear(7, 3, bias=bias, dtype=np.float64, seed=0)
     loss = local.solve(X, T, weight_decay=weight_decay)
     model = fastlin.Linear(7, 3, bias=bias, dtype=np.float64, seed=1)
-    got = fd.solve(model, da.from_array(X, chunks=(chunks, 7)), da.from_array(T, chunks=(chunks, 3)), weight_decay=weight_decay)
+    got = fd.solve(
+        model, da.from_array(X, chunks=(chunks, 7)), da.from_array(T, chunks=(chunks, 3)), weight_decay=weight_decay
+    )
     assert rel(model.weight, local.weight) < 1e-10
     if bias:
         assert rel(model.bias, local.bias) < 1e-10
@@ -60,8 +62,16 @@ def test_dask_solve_with_offsets_float32_and_1d_targets():
 def test_dask_solve_skips_empty_chunks_and_casts_integers():
     X, T = data(n=50, d=2, o=1, seed=3)
     Xi = np.round(10 * X).astype(np.int64)
-    dX = da.concatenate([da.from_array(Xi[:20], chunks=(20, 2)), da.zeros((0, 2), dtype=np.int64, chunks=(0, 2)), da.from_array(Xi[20:], chunks=(30, 2))])
-    dT = da.concatenate([da.from_array(T[:20], chunks=(20, 1)), da.zeros((0, 1), chunks=(0, 1)), da.from_array(T[20:], chunks=(30, 1))])
+    dX = da.concatenate(
+        [
+            da.from_array(Xi[:20], chunks=(20, 2)),
+            da.zeros((0, 2), dtype=np.int64, chunks=(0, 2)),
+            da.from_array(Xi[20:], chunks=(30, 2)),
+        ]
+    )
+    dT = da.concatenate(
+        [da.from_array(T[:20], chunks=(20, 1)), da.zeros((0, 1), chunks=(0, 1)), da.from_array(T[20:], chunks=(30, 1))]
+    )
     model = fastlin.Linear(2, 1, dtype=np.float64)
     fd.solve(model, dX, dT)
     local = fastlin.Linear(2, 1, dtype=np.float64)
@@ -135,9 +145,13 @@ def test_dask_solve_on_a_local_cluster():
     local.solve(X, T)
     model = fastlin.Linear(5, 2, dtype=np.float64)
     # as tests/test_dask.py: one thread per worker, a free dashboard port
-    with distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-    ) as cluster, distributed.Client(cluster, set_as_default=False) as client, client.as_current():
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+        client.as_current(),
+    ):
         dX = client.persist(da.from_array(X, chunks=(500, 5)))
         dT = client.persist(da.from_array(T, chunks=(500, 2)))
         fd.solve(model, dX, dT)

@@ -70,7 +70,9 @@ def _digests(openblas, numba_threads):
     return run.stdout.split()
 
 
-@pytest.mark.skipif(not cpu_ops._BLAS.controlled, reason="numpy's BLAS is not an OpenBLAS fastlin can hold at one thread")
+@pytest.mark.skipif(
+    not cpu_ops._BLAS.controlled, reason="numpy's BLAS is not an OpenBLAS fastlin can hold at one thread"
+)
 def test_every_path_gives_the_same_bits_for_any_blas_and_numba_thread_count():
     results = {threads: _digests(*threads) for threads in THREADS}
     reference = results[THREADS[0]]

@@ -81,7 +81,9 @@ def test_two_layers_backward(tmp_path):
 
 
 def test_cpu_vs_gpu(tmp_path):
-    out = run_example("cpu_vs_gpu.py", "--rows", "3000", "--features", "16", "--outputs", "4", "--steps", "4", tmp_path=tmp_path)
+    out = run_example(
+        "cpu_vs_gpu.py", "--rows", "3000", "--features", "16", "--outputs", "4", "--steps", "4", tmp_path=tmp_path
+    )
     (ms,) = numbers(r"cpu:\s+(\S+) ms/step", out)
     assert ms > 0
     first, last = numbers(r"cpu:.*loss (\S+) -> (\S+)", out)

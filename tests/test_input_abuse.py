@@ -285,7 +285,13 @@ def test_big_endian_data_gives_the_native_results(dtype):
 def test_natural_float_dtype_ignores_byte_order():
     from fastlin._validate import natural_float_dtype
 
-    for spec, want in [(">f4", np.float32), ("<f4", np.float32), (">f8", np.float64), ("<i4", np.float64), (">f2", np.float64)]:
+    for spec, want in [
+        (">f4", np.float32),
+        ("<f4", np.float32),
+        (">f8", np.float64),
+        ("<i4", np.float64),
+        (">f2", np.float64),
+    ]:
         assert natural_float_dtype(np.zeros(1, spec)) == want, spec
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import itertools
 
+import naive
 import numpy as np
 import pytest
+from helpers import assert_sums_close, make_data, tol
 
 import fastlin
 from fastlin.backends import cpu
-
-import naive
-from helpers import assert_sums_close, make_data, tol
 
 SHAPES = list(itertools.product([1, 17, 33, 1000], [1, 5, 63], [1, 2, 7]))
 
@@ -44,7 +43,9 @@ def test_every_operation_matches_reference(n, d, o, dtype, bias, order, chunking
         loss, dW, db = naive.mse_grad(X, T, W, b_ref, reduction)
         # loss without storing the prediction, and mse_loss on a stored one
         np.testing.assert_allclose(model.loss(X, T, reduction=reduction), loss, **t)
-        np.testing.assert_allclose(fastlin.mse_loss(model(X), T, reduction=reduction), naive.mse(model(X), T, reduction), **t)
+        np.testing.assert_allclose(
+            fastlin.mse_loss(model(X), T, reduction=reduction), naive.mse(model(X), T, reduction), **t
+        )
         # analytic gradient
         g = model.gradients(X, T, reduction=reduction)
         np.testing.assert_allclose(g.loss, loss, **t)

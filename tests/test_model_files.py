@@ -259,7 +259,9 @@ def _not_models(tmp_path):
     add("nan.npz", "NaN")
     np.savez(tmp_path / "bias-shape.npz", format_version=np.array(1), weight=W, bias=np.ones(3))
     add("bias-shape.npz", "bias must have shape")
-    np.savez(tmp_path / "f32-overflow.npz", format_version=np.array(1), weight=W.astype(np.float32), bias=np.full(2, 1e39))
+    np.savez(
+        tmp_path / "f32-overflow.npz", format_version=np.array(1), weight=W.astype(np.float32), bias=np.full(2, 1e39)
+    )
     add("f32-overflow.npz", "too large for float32")
     return cases
 

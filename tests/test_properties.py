@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import naive
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastlin
-
-import naive
 
 # No deadline: the first example of a run compiles kernels.  Derandomised so
 # that CI runs the same examples every time.
@@ -63,7 +62,9 @@ def test_step(p, lr, momentum, nesterov, weight_decay):
     model = fastlin.Linear.from_weights(W, b)
     opt = fastlin.SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     losses = [model.step(X, T, opt) for _ in range(3)]
-    ref_loss, ref_W, ref_b = naive.fit(X, T, W, b, 3, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    ref_loss, ref_W, ref_b = naive.fit(
+        X, T, W, b, 3, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+    )
     close(losses, ref_loss)
     close(model.weight, ref_W)
     if b is not None:

@@ -6,7 +6,9 @@ import pickle
 import numpy as np
 import pytest
 
-sklearn = pytest.importorskip("sklearn", minversion="1.6", reason="scikit-learn >= 1.6 is not installed (pip install 'fastlin[sklearn]')")
+sklearn = pytest.importorskip(
+    "sklearn", minversion="1.6", reason="scikit-learn >= 1.6 is not installed (pip install 'fastlin[sklearn]')"
+)
 
 from numpy.testing import assert_allclose  # noqa: E402
 from sklearn.datasets import load_diabetes, make_regression  # noqa: E402
@@ -198,7 +200,9 @@ def test_nesterov_is_ignored_without_momentum():
     X, y = well_conditioned()
     plain = LinearRegressor(solver="gd", momentum=0.0, nesterov=True).fit(X, y)
     assert plain.n_iter_ > 1
-    assert_allclose(plain.coef_, LinearRegressor(solver="gd", momentum=0.0, nesterov=False).fit(X, y).coef_, rtol=0, atol=0)
+    assert_allclose(
+        plain.coef_, LinearRegressor(solver="gd", momentum=0.0, nesterov=False).fit(X, y).coef_, rtol=0, atol=0
+    )
 
 
 def test_momentum_needs_fewer_epochs_on_ill_conditioned_data():

@@ -5,7 +5,9 @@ magnitude (the step size from the Gram matrix's largest eigenvalue)."""
 import numpy as np
 import pytest
 
-sklearn = pytest.importorskip("sklearn", minversion="1.6", reason="scikit-learn >= 1.6 is not installed (pip install 'fastlin[sklearn]')")
+sklearn = pytest.importorskip(
+    "sklearn", minversion="1.6", reason="scikit-learn >= 1.6 is not installed (pip install 'fastlin[sklearn]')"
+)
 
 from numpy.testing import assert_allclose  # noqa: E402
 from sklearn.datasets import make_regression  # noqa: E402
@@ -29,7 +31,13 @@ def rank_deficient(n=40, seed=1):
     return X, y
 
 
-SHAPES = {"tall": (200, 6, 1), "multi-target": (150, 5, 3), "D=1": (30, 1, 1), "N<D": (8, 20, 1), "N<D multi": (5, 9, 2)}
+SHAPES = {
+    "tall": (200, 6, 1),
+    "multi-target": (150, 5, 3),
+    "D=1": (30, 1, 1),
+    "N<D": (8, 20, 1),
+    "N<D multi": (5, 9, 2),
+}
 
 
 @pytest.mark.parametrize("fit_intercept", [True, False])
@@ -64,7 +72,9 @@ def test_weight_decay_is_ridge_exactly(n_targets, fit_intercept):
     w[::5] = 0.0
     lam = 0.3
     ours = LinearRegressor(weight_decay=lam, fit_intercept=fit_intercept).fit(X, y, sample_weight=w)
-    ridge = Ridge(alpha=lam * n_targets * w.sum() / 2, fit_intercept=fit_intercept, solver="svd").fit(X, y, sample_weight=w)
+    ridge = Ridge(alpha=lam * n_targets * w.sum() / 2, fit_intercept=fit_intercept, solver="svd").fit(
+        X, y, sample_weight=w
+    )
     assert_allclose(ours.coef_, ridge.coef_, rtol=1e-10, atol=1e-10)
     assert_allclose(ours.intercept_, ridge.intercept_, rtol=1e-10, atol=1e-10)
 
@@ -222,7 +232,6 @@ def test_mini_batch_lr_auto_on_huge_features_is_finite():
     model = LinearRegressor(batch_size=50, random_state=0, max_iter=2, tol=None).fit(X, y)
     assert np.isfinite(model.lr_) and model.lr_ > 0
     assert np.all(np.isfinite(model.coef_))
-
 
 
 @pytest.mark.parametrize("solver", ["auto", "normal", "gd"])

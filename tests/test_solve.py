@@ -175,7 +175,9 @@ def test_gram_sums_and_solve_are_bit_identical_for_1_and_2_threads():
     results = []
     for threads in ("1", "2"):
         env = dict(os.environ, NUMBA_NUM_THREADS=threads)
-        proc = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], check=False, env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", _THREADS_SCRIPT], check=False, env=env, capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stderr
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert [r["threads"] for r in results] == [1, 2]

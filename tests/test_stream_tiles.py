@@ -53,7 +53,9 @@ def _tiled_sums(X, T, W, b, rows=None, start=0, n=None):
     gb = np.full(n_out, np.nan)
     acc = np.full((n_out, n_in), np.nan, dtype=X.dtype)
     use_rows = rows is not None
-    loss = cpu._rows_partials_tiled(X, T, W, WT, b, rows if use_rows else NO_ROWS, use_rows, start, 0, n, gW, gb, acc, R)
+    loss = cpu._rows_partials_tiled(
+        X, T, W, WT, b, rows if use_rows else NO_ROWS, use_rows, start, 0, n, gW, gb, acc, R
+    )
     return loss, gW, gb
 
 
@@ -143,14 +145,27 @@ def test_tile_scratch_is_used_only_when_it_fits(dtype):
         hp[abi.HP_MAX] = np.finfo(dtype).max
         state = np.zeros(abi.ST_SIZE, np.int64)
         acc = np.zeros((1, n_out, n_in), dtype)
-        got, status = cpu.fused_step(X, T, W.copy(), b.copy(), True, np.zeros_like(W), np.zeros_like(b), hp, state, 100, work, acc)
+        got, status = cpu.fused_step(
+            X, T, W.copy(), b.copy(), True, np.zeros_like(W), np.zeros_like(b), hp, state, 100, work, acc
+        )
         assert status == abi.OK
         np.testing.assert_allclose(got, loss, **tol(dtype))
 
 
 # Shapes at and above the threshold, through the public API (so through
 # fused_step / mse_grad / fit_steps and their parallel twins).
-API_SHAPES = [(203, 17, 3), (517, 33, 4), (130, 63, 5), (1, 5, 7), (203, 17, 8), (203, 64, 9), (517, 33, 15), (517, 16, 16), (1000, 63, 17), (333, 40, 31)]
+API_SHAPES = [
+    (203, 17, 3),
+    (517, 33, 4),
+    (130, 63, 5),
+    (1, 5, 7),
+    (203, 17, 8),
+    (203, 64, 9),
+    (517, 33, 15),
+    (517, 16, 16),
+    (1000, 63, 17),
+    (333, 40, 31),
+]
 
 
 @pytest.mark.parametrize("n,d,o", API_SHAPES)
@@ -168,7 +183,9 @@ def test_many_output_step_and_gradients_match_reference(n, d, o, dtype, chunking
     got = model.step(X, T, fastlin.SGD(lr))
     np.testing.assert_allclose(got, loss, **t)
     W_ref = W.astype(np.float64) - lr * dW
-    assert_sums_close(model.weight, W_ref, lr * _magnitude(X, T, W, b), dtype, rounding=np.finfo(dtype).eps * np.abs(W_ref))
+    assert_sums_close(
+        model.weight, W_ref, lr * _magnitude(X, T, W, b), dtype, rounding=np.finfo(dtype).eps * np.abs(W_ref)
+    )
     np.testing.assert_allclose(model.bias, b.astype(np.float64) - lr * db, **t)
 
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 
+import naive
 import numba
 import numpy as np
 import pytest
+from helpers import make_data, tol
 
 import fastlin
 from fastlin import layer
-
-import naive
-from helpers import make_data, tol
 
 OPTIMISERS = [
     dict(lr=0.05),
@@ -47,7 +46,9 @@ def test_minibatch_fit_matches_reference(dtype, batch_size, shuffle, chunking):
     model = fastlin.Linear.from_weights(W, b)
     opt = fastlin.SGD(0.03, momentum=0.5)
     hist = model.fit(X, T, steps=40, opt=opt, batch_size=batch_size, shuffle=shuffle, seed=2024)
-    ref_loss, ref_W, ref_b = naive.fit(X, T, W, b, 40, lr=0.03, momentum=0.5, batch_size=batch_size, shuffle=shuffle, seed=2024)
+    ref_loss, ref_W, ref_b = naive.fit(
+        X, T, W, b, 40, lr=0.03, momentum=0.5, batch_size=batch_size, shuffle=shuffle, seed=2024
+    )
     t = tol(dtype) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(hist.loss, ref_loss, **t)
     np.testing.assert_allclose(model.weight, ref_W, **t)
@@ -251,7 +252,9 @@ def test_hooks_do_not_change_the_result():
     hooked = fastlin.Linear.from_weights(W, b)
     h1 = plain.fit(X, T, steps=30, lr=0.05, batch_size=10, seed=1)
     seen = []
-    h2 = hooked.fit(X, T, steps=30, lr=0.05, batch_size=10, seed=1, log_every=1, callback=lambda s, l: seen.append((s, l)))
+    h2 = hooked.fit(
+        X, T, steps=30, lr=0.05, batch_size=10, seed=1, log_every=1, callback=lambda s, l: seen.append((s, l))
+    )
     np.testing.assert_array_equal(h1.loss, h2.loss)
     np.testing.assert_array_equal(plain.weight, hooked.weight)
     assert [s for s, _ in seen] == list(range(1, 31))

@@ -142,7 +142,9 @@ def vstore8(typingctx, a, i, j, v):
 
 def _splat(builder, llvty, x):
     v = builder.insert_element(ir.Constant(llvty, ir.Undefined), x, ir.IntType(32)(0))
-    return builder.shuffle_vector(v, ir.Constant(llvty, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+    return builder.shuffle_vector(
+        v, ir.Constant(llvty, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+    )
 
 
 @intrinsic
@@ -175,7 +177,9 @@ def vmuladd8(typingctx, acc, x, v):
     def codegen(context, builder, signature, args):
         vty, xty, _ = signature.args
         llvty = context.get_value_type(vty)
-        xv = args[1] if isinstance(xty, Vec8) else _splat(builder, llvty, context.cast(builder, args[1], xty, vty.dtype))
+        xv = (
+            args[1] if isinstance(xty, Vec8) else _splat(builder, llvty, context.cast(builder, args[1], xty, vty.dtype))
+        )
         name = f"llvm.fmuladd.v{LANES}{'f32' if vty.dtype.bitwidth == 32 else 'f64'}"
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(llvty, [llvty, llvty, llvty]), name)
         return builder.call(fn, [xv, args[2], args[0]])
@@ -247,7 +251,14 @@ def vresidual8(typingctx, R, g, o0, T, i, b, gb):
     2-D arrays of the data's dtype, ``b`` 1-D of that dtype, ``gb`` 1-D
     float64.  Returns the ``Vec8`` (float64) of ``r²``.
     """
-    if not (_is_2d(R) and _is_2d(T) and isinstance(b, types.Array) and b.ndim == 1 and isinstance(gb, types.Array) and gb.ndim == 1):
+    if not (
+        _is_2d(R)
+        and _is_2d(T)
+        and isinstance(b, types.Array)
+        and b.ndim == 1
+        and isinstance(gb, types.Array)
+        and gb.ndim == 1
+    ):
         return None
     if not (R.dtype == T.dtype == b.dtype and isinstance(R.dtype, types.Float) and gb.dtype == types.float64):
         return None
@@ -282,4 +293,3 @@ def vresidual8(typingctx, R, g, o0, T, i, b, gb):
         return builder.fmul(r, r)
 
     return sig, codegen
-

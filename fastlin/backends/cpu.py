@@ -177,7 +177,9 @@ def _tile_scratch(work, X, W, n_chunks):
     p = (n_out + OUT_TILE - 1) // OUT_TILE * OUT_TILE
     at = _sums_size(n_out, n_in, n_chunks)
     need = _tile_size(n_out, n_in, n_chunks)
-    usable = n_out >= TILE_GRADIENT_MIN_OUT and X.itemsize == 4 and work.shape[0] >= at + need and X.strides[1] == X.itemsize
+    usable = (
+        n_out >= TILE_GRADIENT_MIN_OUT and X.itemsize == 4 and work.shape[0] >= at + need and X.strides[1] == X.itemsize
+    )
     tiled = usable and n_out >= TILE_MIN_OUT
     if not usable:
         p = 0
@@ -610,7 +612,16 @@ def _rows_partials_tiled(X, T, W, WT, b, rows, use_rows, start, lo, hi, gW, gb, 
             at = first + g
             if use_rows:
                 _prefetch_rows(X, T, rows, at + PREFETCH_ROWS, TILE_ROWS)
-                ii = (rows[at], rows[at + 1], rows[at + 2], rows[at + 3], rows[at + 4], rows[at + 5], rows[at + 6], rows[at + 7])
+                ii = (
+                    rows[at],
+                    rows[at + 1],
+                    rows[at + 2],
+                    rows[at + 3],
+                    rows[at + 4],
+                    rows[at + 5],
+                    rows[at + 6],
+                    rows[at + 7],
+                )
             else:
                 _prefetch_block(X, T, at + STREAM_AHEAD, TILE_ROWS)
                 ii = (at, at + 1, at + 2, at + 3, at + 4, at + 5, at + 6, at + 7)
@@ -766,7 +777,9 @@ def mse_grad_parallel(X, T, W, b, chunk_rows, work, acc, dW, db):
     if tiled:
         _pack_weight(W, WT)
     no_rows = np.empty(0, dtype=np.int64)
-    return _chunked_sums(X, T, W, WT, b, no_rows, False, 0, n_rows, chunk_rows, dW, db, loss_p, gW_p, gb_p, acc, R_p, tiled)
+    return _chunked_sums(
+        X, T, W, WT, b, no_rows, False, 0, n_rows, chunk_rows, dW, db, loss_p, gW_p, gb_p, acc, R_p, tiled
+    )
 
 
 # --------------------------------------------------------------------------
@@ -852,7 +865,9 @@ def _sgd_pass(W, b, has_bias, gW, gb, scale, bufW, bufb, has_buf, hp, commit):
     for o in range(n_out):
         for d in range(n_in):
             buf = np.float64(bufW[o, d]) if read_buf else 0.0
-            p, buf = _sgd_value(np.float64(W[o, d]), scale * gW[o, d], buf, has_buf, lr, momentum, dampening, weight_decay, nesterov)
+            p, buf = _sgd_value(
+                np.float64(W[o, d]), scale * gW[o, d], buf, has_buf, lr, momentum, dampening, weight_decay, nesterov
+            )
             if commit:
                 W[o, d] = p
                 if momentum != 0.0:
@@ -862,7 +877,9 @@ def _sgd_pass(W, b, has_bias, gW, gb, scale, bufW, bufb, has_buf, hp, commit):
     if has_bias:
         for o in range(n_out):
             buf = np.float64(bufb[o]) if read_buf else 0.0
-            p, buf = _sgd_value(np.float64(b[o]), scale * gb[o], buf, has_buf, lr, momentum, dampening, weight_decay, nesterov)
+            p, buf = _sgd_value(
+                np.float64(b[o]), scale * gb[o], buf, has_buf, lr, momentum, dampening, weight_decay, nesterov
+            )
             if commit:
                 b[o] = p
                 if momentum != 0.0:
@@ -949,7 +966,9 @@ def fused_step_parallel(X, T, W, b, has_bias, bufW, bufb, hp, state, chunk_rows,
     if tiled:
         _pack_weight(W, WT)
     no_rows = np.empty(0, dtype=np.int64)
-    sse_ = _chunked_sums(X, T, W, WT, b, no_rows, False, 0, n_rows, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc, R_p, tiled)
+    sse_ = _chunked_sums(
+        X, T, W, WT, b, no_rows, False, 0, n_rows, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc, R_p, tiled
+    )
     return _finish_step(sse_, n_rows, W, b, has_bias, gW, gb, bufW, bufb, hp, state)
 
 
@@ -974,8 +993,14 @@ def epoch_permutation(seed, epoch, perm):
     n = perm.shape[0]
     h = _half_bits(n)
     keys = (
-        _round_key(seed, epoch, 0), _round_key(seed, epoch, 1), _round_key(seed, epoch, 2), _round_key(seed, epoch, 3),
-        _round_key(seed, epoch, 4), _round_key(seed, epoch, 5), _round_key(seed, epoch, 6), _round_key(seed, epoch, 7),
+        _round_key(seed, epoch, 0),
+        _round_key(seed, epoch, 1),
+        _round_key(seed, epoch, 2),
+        _round_key(seed, epoch, 3),
+        _round_key(seed, epoch, 4),
+        _round_key(seed, epoch, 5),
+        _round_key(seed, epoch, 6),
+        _round_key(seed, epoch, 7),
     )  # permute.ROUNDS of them
     for i in range(n):
         perm[i] = _permuted_index(i, n, h, keys)
@@ -1006,7 +1031,9 @@ def advance(state, pos, n, n_rows):
 
 
 @kernel
-def fit_steps(X, T, W, b, has_bias, bufW, bufb, hp, state, perm, batch_size, shuffle, seed, chunk_rows, work, acc, losses):
+def fit_steps(
+    X, T, W, b, has_bias, bufW, bufb, hp, state, perm, batch_size, shuffle, seed, chunk_rows, work, acc, losses
+):
     """Run ``len(losses)`` SGD steps in one call, writing each step's loss.
 
     ``state`` carries (momentum-initialised, epoch, position), so a fit can
@@ -1033,7 +1060,9 @@ def fit_steps(X, T, W, b, has_bias, bufW, bufb, hp, state, perm, batch_size, shu
 
 
 @kernel(parallel=True)
-def fit_steps_parallel(X, T, W, b, has_bias, bufW, bufb, hp, state, perm, batch_size, shuffle, seed, chunk_rows, work, acc, losses):
+def fit_steps_parallel(
+    X, T, W, b, has_bias, bufW, bufb, hp, state, perm, batch_size, shuffle, seed, chunk_rows, work, acc, losses
+):
     """:func:`fit_steps` with each batch split in chunks of ``chunk_rows`` rows."""
     n_rows = X.shape[0]
     n_out, n_in = W.shape
@@ -1044,7 +1073,9 @@ def fit_steps_parallel(X, T, W, b, has_bias, bufW, bufb, hp, state, perm, batch_
         pos, n = next_batch(state, perm, shuffle, seed, batch_size, n_rows)
         if tiled:
             _pack_weight(W, WT)
-        sse_ = _chunked_sums(X, T, W, WT, b, perm, shuffle, pos, n, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc, R_p, tiled)
+        sse_ = _chunked_sums(
+            X, T, W, WT, b, perm, shuffle, pos, n, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc, R_p, tiled
+        )
         loss, status = _finish_step(sse_, n, W, b, has_bias, gW, gb, bufW, bufb, hp, state)
         losses[s] = loss
         if status != OK:

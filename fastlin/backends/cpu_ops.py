@@ -285,7 +285,9 @@ def _pool():
 
                 import numba
 
-                _POOL = ThreadPoolExecutor(max_workers=numba.config.NUMBA_NUM_THREADS, thread_name_prefix="fastlin-gemm")
+                _POOL = ThreadPoolExecutor(
+                    max_workers=numba.config.NUMBA_NUM_THREADS, thread_name_prefix="fastlin-gemm"
+                )
     return _POOL
 
 
@@ -367,7 +369,12 @@ def _gemm_scratch(ws, k, block, W, grad, gather):
     G = _buffer(ws, ("gemm_G", k), (n_out, n_in), W.dtype) if grad else None
     if not gather:
         return Y, G, None, None
-    return Y, G, _buffer(ws, ("gemm_X", k), (block, n_in), W.dtype), _buffer(ws, ("gemm_T", k), (block, W.shape[0]), W.dtype)
+    return (
+        Y,
+        G,
+        _buffer(ws, ("gemm_X", k), (block, n_in), W.dtype),
+        _buffer(ws, ("gemm_T", k), (block, W.shape[0]), W.dtype),
+    )
 
 
 def _gemm_sums(W, b, X, T, ws, rows=None, start=0, n=None, grad=True):
@@ -563,8 +570,23 @@ def fit_steps(W, b, has_bias, bufW, bufb, hp, state, X, T, plan, losses):
     if plan.gemm:
         return _gemm_fit_steps(W, b, has_bias, bufW, bufb, hp, state, X, T, plan, losses)
     done, status = plan.kernel(
-        X, T, W, b, has_bias, bufW, bufb, hp, state,
-        plan.perm, plan.batch_size, plan.shuffle, plan.seed, plan.chunk_rows, plan.work, plan.acc, losses,
+        X,
+        T,
+        W,
+        b,
+        has_bias,
+        bufW,
+        bufb,
+        hp,
+        state,
+        plan.perm,
+        plan.batch_size,
+        plan.shuffle,
+        plan.seed,
+        plan.chunk_rows,
+        plan.work,
+        plan.acc,
+        losses,
     )
     return int(done), int(status)
 

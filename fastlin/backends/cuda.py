@@ -173,6 +173,7 @@ C_KROWS = 7  # path G: batch rows per split of the gradient
 C_VEC = 8  # path F: 1 when X's rows are 16-byte aligned (128-bit loads)
 C_SIZE = 9
 
+
 # ==========================================================================
 # device helpers
 # ==========================================================================
@@ -214,8 +215,14 @@ def epoch_permutation(seed, epoch, h, perm, first, stride):
     so the threads of a block or a grid fill ``perm`` together, O(n / threads).
     """
     keys = (
-        _round_key(seed, epoch, 0), _round_key(seed, epoch, 1), _round_key(seed, epoch, 2), _round_key(seed, epoch, 3),
-        _round_key(seed, epoch, 4), _round_key(seed, epoch, 5), _round_key(seed, epoch, 6), _round_key(seed, epoch, 7),
+        _round_key(seed, epoch, 0),
+        _round_key(seed, epoch, 1),
+        _round_key(seed, epoch, 2),
+        _round_key(seed, epoch, 3),
+        _round_key(seed, epoch, 4),
+        _round_key(seed, epoch, 5),
+        _round_key(seed, epoch, 6),
+        _round_key(seed, epoch, 7),
     )  # permute.ROUNDS of them
     n = perm.shape[0]
     for i in range(first, n, stride):
@@ -297,7 +304,30 @@ def _advance(state, n, n_rows):
 # path F: row tiles, X read once per step
 # ==========================================================================
 @cuda.jit(device=True)
-def _rows_partials(X, T, W, b, has_bias, rows, use_rows, start, lo, hi, groups, vec, c, loss_p, loss_at, part, part_at, xs, ws, rs, ridx, red):
+def _rows_partials(
+    X,
+    T,
+    W,
+    b,
+    has_bias,
+    rows,
+    use_rows,
+    start,
+    lo,
+    hi,
+    groups,
+    vec,
+    c,
+    loss_p,
+    loss_at,
+    part,
+    part_at,
+    xs,
+    ws,
+    rs,
+    ridx,
+    red,
+):
     """Block level: loss and gradient sums over batch rows ``lo..hi``.
 
     Batch row ``k`` is data row ``rows[start + k]`` when ``use_rows`` (a
@@ -503,7 +533,11 @@ def _finish_step(W, b, bufW, bufb, hp, state, cfg, loss_p, part, n_parts, scratc
                 half //= 2
             grad = red[t]
             cuda.syncthreads()  # red is written again by the next round
-        if m == 0 and e < n_upd and not _new_value(W, b, bufW, bufb, hp, e, od, n_in, scale * grad, has_buf, scratch, n_el):
+        if (
+            m == 0
+            and e < n_upd
+            and not _new_value(W, b, bufW, bufb, hp, e, od, n_in, scale * grad, has_buf, scratch, n_el)
+        ):
             bad = 1
     any_bad = cuda.syncthreads_or(bad)
     if not math.isfinite(sse):
@@ -545,7 +579,9 @@ def mse_grad(X, T, W, b, has_bias, chunk_rows, groups, vec, loss_p, part):
     c = cuda.blockIdx.x
     lo = c * chunk_rows
     hi = min(lo + chunk_rows, X.shape[0])
-    _rows_partials(X, T, W, b, has_bias, ridx, False, 0, lo, hi, groups, vec, c, loss_p, 0, part, 0, xs, ws, rs, ridx, red)
+    _rows_partials(
+        X, T, W, b, has_bias, ridx, False, 0, lo, hi, groups, vec, c, loss_p, 0, part, 0, xs, ws, rs, ridx, red
+    )
 
 
 @cuda.jit(cache=CACHE, **ROWS_BOUNDS)
@@ -575,7 +611,30 @@ def step_partials(X, T, W, b, state, perm, cfg, work, has_bias, shuffle, groups,
     n = min(cfg[C_BATCH], cfg[C_NROWS] - pos)
     lo = c * chunk_rows
     hi = min(lo + chunk_rows, n)  # a short last batch leaves late chunks empty (zeros)
-    _rows_partials(X, T, W, b, has_bias, perm, shuffle, pos, lo, hi, groups, vec, c, work, 0, work, cuda.gridDim.x, xs, ws, rs, ridx, red)
+    _rows_partials(
+        X,
+        T,
+        W,
+        b,
+        has_bias,
+        perm,
+        shuffle,
+        pos,
+        lo,
+        hi,
+        groups,
+        vec,
+        c,
+        work,
+        0,
+        work,
+        cuda.gridDim.x,
+        xs,
+        ws,
+        rs,
+        ridx,
+        red,
+    )
 
 
 @cuda.jit(cache=CACHE)
@@ -640,7 +699,28 @@ def fit_steps(X, T, W, b, bufW, bufb, hp, state, perm, cfg, seed, work, losses, 
             cuda.syncthreads()
         n = min(cfg[C_BATCH], n_rows - pos)
         _rows_partials(
-            X, T, W, b, cfg[C_HAS_BIAS] != 0, perm, shuffle, pos, 0, n, cfg[C_GROUPS], cfg[C_VEC] != 0, 0, loss_p, 0, part, 0, xs, ws, rs, ridx, red
+            X,
+            T,
+            W,
+            b,
+            cfg[C_HAS_BIAS] != 0,
+            perm,
+            shuffle,
+            pos,
+            0,
+            n,
+            cfg[C_GROUPS],
+            cfg[C_VEC] != 0,
+            0,
+            loss_p,
+            0,
+            part,
+            0,
+            xs,
+            ws,
+            rs,
+            ridx,
+            red,
         )
         cuda.syncthreads()
         _finish_step(W, b, bufW, bufb, hp, state, cfg, loss_p, part, 1, scratch, n, losses, red)

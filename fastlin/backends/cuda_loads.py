@@ -46,7 +46,9 @@ else:
     }
 
     def _check(X):
-        if not (isinstance(X, types.Array) and X.ndim == 2 and isinstance(X.dtype, types.Float) and X.dtype.bitwidth in _ASM):
+        if not (
+            isinstance(X, types.Array) and X.ndim == 2 and isinstance(X.dtype, types.Float) and X.dtype.bitwidth in _ASM
+        ):
             raise TypeError(f"copy16 needs a 2-D float32/float64 array, got {X}")
 
     @intrinsic

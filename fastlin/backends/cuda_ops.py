@@ -424,7 +424,9 @@ def sgd_update(W, b, has_bias, bufW, bufb, hp, flags, gW, gb, scale):
     no_loss = _cuda.device_array(1, dtype=np.float64)
     hp_d = _cuda.to_device(np.ascontiguousarray(hp, dtype=np.float64))
     grid = _cdiv(n_el, K.TPB)
-    _launch(K.update_check, grid, K.TPB)(W, b, bufW, bufb, hp_d, state, cfg, no_loss, 0, part, 1, scratch, float(scale), no_loss)
+    _launch(K.update_check, grid, K.TPB)(
+        W, b, bufW, bufb, hp_d, state, cfg, no_loss, 0, part, 1, scratch, float(scale), no_loss
+    )
     _launch(K.update_apply, grid, K.TPB)(W, b, bufW, bufb, hp_d, state, cfg, scratch, True)
     state.copy_to_host(host_state)
     flags[:ST_SIZE] = host_state[:ST_SIZE]
@@ -490,7 +492,9 @@ class FitPlan:
 
     def _launch_steps(self, k, X, T, W, b, bufW, bufb, hp, losses, flags):
         if self.one_launch:
-            _launch(K.fit_steps, 1, K.TPB)(X, T, W, b, bufW, bufb, hp, self.state, self.perm, self.cfg, self.seed, self.work, losses, k)
+            _launch(K.fit_steps, 1, K.TPB)(
+                X, T, W, b, bufW, bufb, hp, self.state, self.perm, self.cfg, self.seed, self.work, losses, k
+            )
             return
         # Two (path F) or four (path G) launches a step, queued without
         # waiting; the host follows the batch position only to know when an
@@ -503,10 +507,23 @@ class FitPlan:
             if self.path == "F":
                 cfg = self._cfg_host
                 _launch(K.step_partials, self.n_chunks, K.TPB)(
-                    X, T, W, b, self.state, self.perm, self.cfg, self.work,
-                    bool(cfg[K.C_HAS_BIAS]), bool(cfg[K.C_SHUFFLE]), int(cfg[K.C_GROUPS]), bool(cfg[K.C_VEC]), int(cfg[K.C_CHUNK]),
+                    X,
+                    T,
+                    W,
+                    b,
+                    self.state,
+                    self.perm,
+                    self.cfg,
+                    self.work,
+                    bool(cfg[K.C_HAS_BIAS]),
+                    bool(cfg[K.C_SHUFFLE]),
+                    int(cfg[K.C_GROUPS]),
+                    bool(cfg[K.C_VEC]),
+                    int(cfg[K.C_CHUNK]),
                 )
-                _launch(K.step_update, 1, K.TPB)(W, b, bufW, bufb, hp, self.state, self.cfg, self.work, self.n_chunks, losses)
+                _launch(K.step_update, 1, K.TPB)(
+                    W, b, bufW, bufb, hp, self.state, self.cfg, self.work, self.n_chunks, losses
+                )
             else:
                 self._step_g(X, T, W, b, bufW, bufb, hp, losses)
             if self.advance:
@@ -521,7 +538,20 @@ class FitPlan:
         _launch(K.grad_partials, ggrid, self.block2)(X, self.R, self.state, self.perm, self.cfg, self.part)
         grid = _cdiv(n_el, K.TPB)
         _launch(K.update_check, grid, K.TPB)(
-            W, b, bufW, bufb, hp, self.state, self.cfg, self.loss_p, self.n_loss, self.part, self.n_splits, self.scratch, 0.0, losses
+            W,
+            b,
+            bufW,
+            bufb,
+            hp,
+            self.state,
+            self.cfg,
+            self.loss_p,
+            self.n_loss,
+            self.part,
+            self.n_splits,
+            self.scratch,
+            0.0,
+            losses,
         )
         _launch(K.update_apply, grid, K.TPB)(W, b, bufW, bufb, hp, self.state, self.cfg, self.scratch, False)
 

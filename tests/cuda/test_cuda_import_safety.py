@@ -65,8 +65,6 @@ CHECKS = textwrap.dedent(
 
 def test_fastlin_imports_and_explains_without_numba_cuda():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    proc = subprocess.run(
-        [sys.executable, "-c", BLOCK + CHECKS], capture_output=True, text=True, env=env, timeout=300
-    )
+    proc = subprocess.run([sys.executable, "-c", BLOCK + CHECKS], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("ok")

@@ -330,7 +330,9 @@ def test_all_finite(cops, dtype):
 
 
 @pytest.mark.parametrize("blocks", [1, 2, None])
-@pytest.mark.parametrize("seed, epoch, n", [(0, 0, 1), (7, 0, 17), (7, 3, 17), (2**64 - 1, 5, 40), (2**63 + 11, 2, 23), (99, 2**33, 70)])
+@pytest.mark.parametrize(
+    "seed, epoch, n", [(0, 0, 1), (7, 0, 17), (7, 3, 17), (2**64 - 1, 5, 40), (2**63 + 11, 2, 23), (99, 2**33, 70)]
+)
 def test_epoch_permutation(cops, kernels, seed, epoch, n, blocks):
     """The device shuffle (one thread per row, or fewer threads than rows: the
     grid-stride loop) draws the CPU's order, and the documented one."""

@@ -34,7 +34,9 @@ def is_device(a):
 
 def pair(W, b, bias=True):
     """The same layer on the GPU and on the CPU."""
-    return fastlin.Linear.from_weights(W, b if bias else None, device="cuda"), fastlin.Linear.from_weights(W, b if bias else None)
+    return fastlin.Linear.from_weights(W, b if bias else None, device="cuda"), fastlin.Linear.from_weights(
+        W, b if bias else None
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -125,8 +127,13 @@ FITS = {
 def test_fit_matches_cpu_and_reference(path, launches, dtype, case):
     X, T, W, b = make(17, 4, 2, dtype)
     kw = dict(FITS[case])
-    ref_kw = dict(lr=kw.get("lr"), batch_size=kw.get("batch_size"), shuffle=kw.get("shuffle", True),
-                  seed=kw.get("seed", 0), reduction=kw.get("reduction", "mean"))
+    ref_kw = dict(
+        lr=kw.get("lr"),
+        batch_size=kw.get("batch_size"),
+        shuffle=kw.get("shuffle", True),
+        seed=kw.get("seed", 0),
+        reduction=kw.get("reduction", "mean"),
+    )
     if "opt" in kw:
         kw.pop("opt")
         opts = [fastlin.SGD(0.01, momentum=0.9, weight_decay=0.01) for _ in range(2)]

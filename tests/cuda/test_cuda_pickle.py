@@ -32,7 +32,11 @@ def _oob(obj):
     return pickle.loads(data, buffers=[bytes(b.raw()) for b in buffers])
 
 
-ROUND_TRIPS = {"pickle": lambda o: pickle.loads(pickle.dumps(o)), "pickle-5-out-of-band": _oob, "deepcopy": copy.deepcopy}
+ROUND_TRIPS = {
+    "pickle": lambda o: pickle.loads(pickle.dumps(o)),
+    "pickle-5-out-of-band": _oob,
+    "deepcopy": copy.deepcopy,
+}
 
 
 def host(model):
@@ -65,7 +69,13 @@ def test_cuda_round_trip_from_inside_a_fit():
     X, T, W, b = make(30, 4, 2, np.float64, seed=2)
     model, opt = fastlin.Linear.from_weights(W, b, device="cuda"), fastlin.SGD(0.03, momentum=0.9)
     saved = {}
-    model.fit(X, T, steps=6, opt=opt, callback=lambda s, l: s == 3 and saved.setdefault("pair", pickle.loads(pickle.dumps((model, opt)))) and False)
+    model.fit(
+        X,
+        T,
+        steps=6,
+        opt=opt,
+        callback=lambda s, l: s == 3 and saved.setdefault("pair", pickle.loads(pickle.dumps((model, opt)))) and False,
+    )
     copy_model, copy_opt = saved["pair"]
     copy_model.fit(X, T, steps=3, opt=copy_opt)
     assert host(copy_model) == host(model)

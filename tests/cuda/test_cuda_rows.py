@@ -65,7 +65,9 @@ def test_mse_grad_row_tiles(cops, shape, dtype, layout):
     vec = (d * np.dtype(dtype).itemsize) % 16 == 0 and layout == "aligned"
     assert cops.rows_aligned(dX) == vec
     loss, gW, gb = ref.gradients(X, T, W, b, "sum")
-    sse, dW, db = cops.mse_grad(cops.from_host(W), cops.from_host(b), True, dX, cops.from_host(T), 2.0, {}, dtype=np.float64)
+    sse, dW, db = cops.mse_grad(
+        cops.from_host(W), cops.from_host(b), True, dX, cops.from_host(T), 2.0, {}, dtype=np.float64
+    )
     m_loss, m_gW, m_gb = magnitudes(X, T, W, b)
     assert_sums_close(sse, loss, m_loss, dtype)
     assert_sums_close(to_host(dW), gW, 2 * m_gW, dtype)

@@ -118,12 +118,19 @@ def test_dlpack_path_never_synchronises_the_device(cops, monkeypatch):
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("FASTLIN_CUDA_TPB", "512"), ("FASTLIN_CUDA_TPB", "1024"), ("FASTLIN_CUDA_TILE", "32"), ("FASTLIN_CUDA_TPB", "24")],
+    [
+        ("FASTLIN_CUDA_TPB", "512"),
+        ("FASTLIN_CUDA_TPB", "1024"),
+        ("FASTLIN_CUDA_TILE", "32"),
+        ("FASTLIN_CUDA_TPB", "24"),
+    ],
 )
 def test_block_settings_beyond_what_compiles_are_refused_at_import(name, value):
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", **{name: value})
     code = "import fastlin.backends.cuda"
-    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("ValueError:") and name in last and "48 KB" in last, last

@@ -34,7 +34,12 @@ def test_dry_run_writes_the_layout_the_gpu_machine_returns(tmp_path, simulated):
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out))
     proc = subprocess.run(
-        ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run"], check=False, capture_output=True, text=True, env=env, timeout=900
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = [p for p in out.rglob("*") if p.is_file()]

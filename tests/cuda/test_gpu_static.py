@@ -42,9 +42,20 @@ F2F_MAX = 12
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("static") / "static.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "FASTLIN_CUDA_TPB", "FASTLIN_CUDA_TILE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NUMBA_ENABLE_CUDASIM", "FASTLIN_CUDA_TPB", "FASTLIN_CUDA_TILE")
+    }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--json", str(out)], check=False, capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--json", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     if proc.returncode == 3:
         pytest.skip(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -94,6 +105,9 @@ def test_occupancy_model():
     assert gpu_static.occupancy(65, 24 * 1024, 256) == 0.375
     assert gpu_static.occupancy(32, 60 * 1024, 256) == 0.375
     assert gpu_static.occupancy(32, 0, 1) == 0.5  # 32 blocks per SM at most
-    sass = "        /*0100*/                   LDG.E.128.CONSTANT R4, desc[UR4][R6.64+0x10] ;\n" "        /*0110*/                   F2F.F64.F32 R2, R4 ;\n"
+    sass = (
+        "        /*0100*/                   LDG.E.128.CONSTANT R4, desc[UR4][R6.64+0x10] ;\n"
+        "        /*0110*/                   F2F.F64.F32 R2, R4 ;\n"
+    )
     counts = gpu_static.sass_counts(sass)
     assert (counts["ldg"], counts["ldg128"], counts["f2f_f64_f32"]) == (1, 1, 1)

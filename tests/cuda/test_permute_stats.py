@@ -23,8 +23,14 @@ _index = njit(inline="always")(permute.permuted_index)
 @njit
 def _fill(seed, epoch, h, out):
     keys = (
-        _round_key(seed, epoch, 0), _round_key(seed, epoch, 1), _round_key(seed, epoch, 2), _round_key(seed, epoch, 3),
-        _round_key(seed, epoch, 4), _round_key(seed, epoch, 5), _round_key(seed, epoch, 6), _round_key(seed, epoch, 7),
+        _round_key(seed, epoch, 0),
+        _round_key(seed, epoch, 1),
+        _round_key(seed, epoch, 2),
+        _round_key(seed, epoch, 3),
+        _round_key(seed, epoch, 4),
+        _round_key(seed, epoch, 5),
+        _round_key(seed, epoch, 6),
+        _round_key(seed, epoch, 7),
     )  # permute.ROUNDS of them
     n = out.shape[0]
     for i in range(n):
