@@ -1086,24 +1086,34 @@ def cast_copy_2d(src, dst):
         dst[i, j] = src[i, j]
 
 
-# Every kernel, for the compile check (tests/cuda/test_compile.py).
-KERNELS = (
-    "forward",
-    "sse",
-    "model_sse",
-    "mse_grad",
-    "backward",
-    "step_partials",
-    "step_update",
-    "fit_steps",
-    "shuffle_epoch",
-    "counter_permutation",
-    "residual",
-    "grad_partials",
-    "update_check",
-    "update_apply",
-    "reduce_grad",
-    "all_finite",
-    "cast_copy_1d",
-    "cast_copy_2d",
-)
+def launch_signatures(dtype):
+    """Argument types of every kernel as cuda_ops launches it, for ``dtype``
+    ("float32" or "float64") data: what the compile checks
+    (tests/cuda/ptx_check.py, bench/gpu_static.py) compile without a GPU."""
+    f = dtype
+    a2, a1 = f"{f}[:, ::1]", f"{f}[::1]"
+    f1, i1, r2 = "float64[::1]", "int64[::1]", "float64[:, ::1]"
+    return {
+        "forward": [a2, a2, a1, "boolean", a2],
+        "sse": [a2, a2, f1],
+        "model_sse": [a2, a2, a2, a1, "boolean", f1],
+        "mse_grad": [a2, a2, a2, a1, "boolean", "int64", "int64", "boolean", f1, f1],
+        "backward": [a2, a2, a2],
+        "step_partials": [a2, a2, a2, a1, i1, i1, i1, f1, "boolean", "boolean", "int64", "boolean", "int64"],
+        "step_update": [a2, a1, a2, a1, f1, i1, i1, f1, "int64", f1],
+        "fit_steps": [a2, a2, a2, a1, a2, a1, f1, i1, i1, i1, "uint64", f1, f1, "int64"],
+        "shuffle_epoch": ["uint64", i1, i1],
+        "counter_permutation": ["uint64", "int64", "int64", i1],
+        "residual": [a2, a2, a2, a1, i1, i1, i1, r2, f1],
+        "grad_partials": [a2, r2, i1, i1, i1, f1],
+        "update_check": [a2, a1, a2, a1, f1, i1, i1, f1, "int64", f1, "int64", f1, "float64", f1],
+        "update_apply": [a2, a1, a2, a1, f1, i1, i1, f1, "boolean"],
+        "reduce_grad": [f1, "int64", "float64", a2, a1],
+        "all_finite": [a1, "int32[::1]"],
+        "cast_copy_1d": ["int64[:]", a1],
+        "cast_copy_2d": ["float64[:, :]", a2],
+    }
+
+
+# Every kernel, for the compile checks.
+KERNELS = tuple(launch_signatures("float32"))

@@ -17,33 +17,6 @@ import sys
 import types
 
 
-def signatures(dtype):
-    """Argument types of each kernel as fastlin's launch code passes them."""
-    f = dtype
-    a2, a1 = f"{f}[:, ::1]", f"{f}[::1]"
-    f1, i1, r2 = "float64[::1]", "int64[::1]", "float64[:, ::1]"
-    return {
-        "forward": [a2, a2, a1, "boolean", a2],
-        "sse": [a2, a2, f1],
-        "model_sse": [a2, a2, a2, a1, "boolean", f1],
-        "mse_grad": [a2, a2, a2, a1, "boolean", "int64", "int64", "boolean", f1, f1],
-        "backward": [a2, a2, a2],
-        "step_partials": [a2, a2, a2, a1, i1, i1, i1, f1, "boolean", "boolean", "int64", "boolean", "int64"],
-        "step_update": [a2, a1, a2, a1, f1, i1, i1, f1, "int64", f1],
-        "fit_steps": [a2, a2, a2, a1, a2, a1, f1, i1, i1, i1, "uint64", f1, f1, "int64"],
-        "shuffle_epoch": ["uint64", i1, i1],
-        "counter_permutation": ["uint64", "int64", "int64", i1],
-        "residual": [a2, a2, a2, a1, i1, i1, i1, r2, f1],
-        "grad_partials": [a2, r2, i1, i1, i1, f1],
-        "update_check": [a2, a1, a2, a1, f1, i1, i1, f1, "int64", f1, "int64", f1, "float64", f1],
-        "update_apply": [a2, a1, a2, a1, f1, i1, i1, f1, "boolean"],
-        "reduce_grad": [f1, "int64", "float64", a2, a1],
-        "all_finite": [a1, "int32[::1]"],
-        "cast_copy_1d": ["int64[:]", a1],
-        "cast_copy_2d": ["float64[:, :]", a2],
-    }
-
-
 def main(cc=(9, 0)):
     import importlib.util
 
@@ -75,7 +48,7 @@ def main(cc=(9, 0)):
 
     failures = 0
     for dtype in ("float32", "float64"):
-        sigs = signatures(dtype)
+        sigs = kernels.launch_signatures(dtype)
         assert set(sigs) == set(kernels.KERNELS), set(sigs) ^ set(kernels.KERNELS)
         for name, args in sigs.items():
             sig = f"void({', '.join(args)})"
