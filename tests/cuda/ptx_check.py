@@ -49,7 +49,6 @@ def main(cc=(9, 0)):
     failures = 0
     for dtype in ("float32", "float64"):
         sigs = kernels.launch_signatures(dtype)
-        assert set(sigs) == set(kernels.KERNELS), set(sigs) ^ set(kernels.KERNELS)
         for name, args in sigs.items():
             sig = f"void({', '.join(args)})"
             try:
