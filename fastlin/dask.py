@@ -305,6 +305,25 @@ def _check_row_chunked(a, name):
         )
 
 
+def _check_training_data(model, X, T):
+    """X and T of ``fit`` and ``solve``: dask arrays chunked by rows only, with the
+    same row chunks and shapes that fit ``model``.  Returns the number of rows."""
+    _check_dask_array(X, "X")
+    _check_dask_array(T, "T")
+    if X.ndim != 2:
+        raise ValueError(f"X must be a 2-D dask array (N, {model.in_features}), got shape {X.shape}")
+    n_rows, _ = _validate.check_input_shape(X.shape, model.in_features)
+    _validate.target_shape(T.shape, n_rows, False, model.out_features)
+    _check_row_chunked(X, "X")
+    _check_row_chunked(T, "T")
+    if T.chunks[0] != X.chunks[0]:
+        raise ValueError(
+            f"X and T must have the same row chunks, got X.chunks[0] = {X.chunks[0]} and "
+            f"T.chunks[0] = {T.chunks[0]}; use T = T.rechunk({{0: X.chunks[0]}})"
+        )
+    return n_rows
+
+
 def _check_batch_size(batch_size):
     if batch_size is None or (isinstance(batch_size, str) and batch_size == BATCH_CHUNK):
         return batch_size
@@ -329,19 +348,7 @@ def _check_fit(model, X, T, steps, epochs, opt, batch_size, shuffle, seed, reduc
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     persist = _validate.check_bool(persist, "persist")
 
-    _check_dask_array(X, "X")
-    _check_dask_array(T, "T")
-    if X.ndim != 2:
-        raise ValueError(f"X must be a 2-D dask array (N, {model.in_features}), got shape {X.shape}")
-    n_rows, _ = _validate.check_input_shape(X.shape, model.in_features)
-    _validate.target_shape(T.shape, n_rows, False, model.out_features)
-    _check_row_chunked(X, "X")
-    _check_row_chunked(T, "T")
-    if T.chunks[0] != X.chunks[0]:
-        raise ValueError(
-            f"X and T must have the same row chunks, got X.chunks[0] = {X.chunks[0]} and "
-            f"T.chunks[0] = {T.chunks[0]}; use T = T.rechunk({{0: X.chunks[0]}})"
-        )
+    n_rows = _check_training_data(model, X, T)
 
     spec = _Spec()
     spec.X, spec.T, spec.n_rows = X, T, n_rows
@@ -671,19 +678,7 @@ def solve(model, X, T, *, weight_decay=0.0):
 
     _check_model(model)
     weight_decay = _validate.check_real(weight_decay, "weight_decay", minimum=0.0)
-    _check_dask_array(X, "X")
-    _check_dask_array(T, "T")
-    if X.ndim != 2:
-        raise ValueError(f"X must be a 2-D dask array (N, {model.in_features}), got shape {X.shape}")
-    n_rows, _ = _validate.check_input_shape(X.shape, model.in_features)
-    _validate.target_shape(T.shape, n_rows, False, model.out_features)
-    _check_row_chunked(X, "X")
-    _check_row_chunked(T, "T")
-    if T.chunks[0] != X.chunks[0]:
-        raise ValueError(
-            f"X and T must have the same row chunks, got X.chunks[0] = {X.chunks[0]} and "
-            f"T.chunks[0] = {T.chunks[0]}; use T = T.rechunk({{0: X.chunks[0]}})"
-        )
+    _check_training_data(model, X, T)
 
     tag = uuid.uuid4().hex[:12]
     xs = X.to_delayed().ravel()
