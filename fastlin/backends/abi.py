@@ -1,35 +1,99 @@
-"""The contract between the layer, the optimiser and every backend's kernels.
+"""The contract between the layer, the optimisers and every backend's kernels.
 
-Status codes returned by ``fused_step`` and ``fit_steps``:
+Everything a kernel reads besides the arrays is named here, once:
 
-OK
-    The step was applied.
-NONFINITE_LOSS
-    The loss or a gradient is NaN/Inf: the data holds NaN/Inf, or the model
-    has diverged.  Nothing was written.
-NONFINITE_UPDATE
-    The update would have made a weight (or momentum buffer) NaN/Inf.
-    Nothing was written.
-
-``flags`` is a small int64 vector of training state that a fit carries
-between compiled calls; ``ST_*`` index it.
+``HYPER``
+    The optimiser's hyper-parameters, as a numpy record dtype.  An optimiser
+    hands the kernels a one-element array of it (``hyper``); kernels read
+    ``hyper[0].lr`` and so on by field name, on the CPU (``@njit``) and on
+    CUDA alike.  ``rule`` says which update a kernel applies, ``schedule``
+    which learning-rate schedule; fields that the rule or schedule does not
+    use are zero.  Nothing about losses or dtypes lives here: the loss
+    reduction (``reduce_sum``) and the dtype's largest value (``limit``) are
+    separate kernel arguments that the backend supplies.
+Optimiser state
+    Per model: ``slots_w`` (k, out, in) and ``slots_b`` (k, out) in the
+    model's dtype, the k per-parameter buffers of the rule (SGD's momentum:
+    k = 1, or 0 without momentum; Adam's two moments, three with amsgrad),
+    and ``counters``, an int64 vector indexed by ``CNT_*``.
+Status codes, returned by every step kernel:
+    ``OK``: the step was applied.  ``NONFINITE_LOSS``: the loss or a
+    gradient is NaN/Inf (bad data, or a model that diverged).
+    ``NONFINITE_UPDATE``: the update would have made a weight or a buffer
+    NaN/Inf (or beyond the dtype's range).  On any status but ``OK`` nothing
+    was written.
 """
+
+import numpy as np
 
 OK = 0
 NONFINITE_LOSS = 1
 NONFINITE_UPDATE = 2
 
-ST_HAS_BUF = 0  # momentum buffers hold a value (torch's "buf is not None")
-ST_EPOCH = 1  # epoch of the next step
-ST_POS = 2  # first row of the next batch within its epoch
-ST_SIZE = 3
+# ``rule``: the update applied to each parameter (fastlin/backends/rules.py).
+RULE_SGD = 0
+RULE_ADAM = 1  # Adam, and AdamW when ``decoupled`` is set
 
-# ``hp``: the float64 vector of SGD hyper-parameters every step kernel reads.
-HP_LR = 0
-HP_MOMENTUM = 1
-HP_DAMPENING = 2
-HP_WEIGHT_DECAY = 3
-HP_NESTEROV = 4  # 1.0 or 0.0
-HP_SUM = 5  # 1.0 for reduction="sum", 0.0 for "mean"
-HP_MAX = 6  # largest finite value of the parameters' dtype
-HP_SIZE = 7
+# ``schedule``: how the learning rate moves with the optimiser's step count
+# (fastlin/schedules.py builds them; rules.scheduled_lr evaluates them).
+SCHEDULE_CONSTANT = 0
+SCHEDULE_STEP = 1
+SCHEDULE_EXPONENTIAL = 2
+SCHEDULE_COSINE = 3
+SCHEDULE_LINEAR = 4
+SCHEDULE_INVERSE_SCALING = 5
+
+HYPER = np.dtype(
+    [
+        ("rule", np.int64),
+        ("lr", np.float64),  # the base learning rate, before the schedule
+        ("weight_decay", np.float64),
+        # SGD
+        ("momentum", np.float64),
+        ("dampening", np.float64),
+        ("nesterov", np.bool_),
+        # Adam / AdamW
+        ("beta1", np.float64),
+        ("beta2", np.float64),
+        ("eps", np.float64),
+        ("amsgrad", np.bool_),
+        ("decoupled", np.bool_),  # AdamW: decay the weights, not the gradient
+        # the learning-rate schedule
+        ("schedule", np.int64),
+        ("step_size", np.int64),  # step: decay every step_size steps
+        ("gamma", np.float64),  # step, exponential: the factor
+        ("t_max", np.int64),  # cosine: half period, in steps
+        ("eta_min", np.float64),  # cosine: the lowest learning rate
+        ("start_factor", np.float64),  # linear
+        ("end_factor", np.float64),  # linear
+        ("total_iters", np.int64),  # linear: steps to go from start to end
+        ("power_t", np.float64),  # inverse scaling: lr / (k + 1) ** power_t
+    ],
+    align=True,
+)
+
+
+def new_hyper():
+    """A one-element ``HYPER`` array, all zeros (plain SGD, constant lr 0)."""
+    return np.zeros(1, dtype=HYPER)
+
+
+# ``counters``: the int64 vector of training state a model's optimiser state
+# carries between compiled calls (host memory on every device).
+CNT_HAS_BUF = 0  # the momentum buffers hold a value (torch's "buf is not None")
+CNT_EPOCH = 1  # epoch of the next step of a fit
+CNT_POS = 2  # first row of the next batch within its epoch
+CNT_STEP = 3  # optimiser steps taken so far: the schedule's position, Adam's t - 1
+CNT_SIZE = 4
+# The CUDA backend keeps a device copy that a queue of kernels updates; it
+# extends the same vector with the slots below (never on the host).
+CNT_STATUS = 4  # the first non-OK status of a queued fit; later steps do nothing
+CNT_DONE = 5  # steps completed by the queued kernels
+CNT_BAD = 6  # the two-kernel update found a value it must not write
+CNT_BAD_GRAD = 7  # ... and that value was a gradient (a NaN/Inf loss)
+CNT_DEVICE_SIZE = 8
+
+# TRANSITIONAL: the old unnamed layouts, still read by code being moved to
+# the names above in this change.  Deleted before it lands.
+ST_HAS_BUF, ST_EPOCH, ST_POS, ST_SIZE = 0, 1, 2, 3
+HP_LR, HP_MOMENTUM, HP_DAMPENING, HP_WEIGHT_DECAY, HP_NESTEROV, HP_SUM, HP_MAX, HP_SIZE = range(8)
