@@ -33,8 +33,8 @@ from sklearn.datasets import make_regression  # noqa: E402 (after importorskip)
 from sklearn.linear_model import LinearRegression, Ridge, SGDRegressor  # noqa: E402 (after importorskip)
 
 import fastlin  # noqa: E402 (after importorskip)
-from fastlin import _roofline  # noqa: E402 (after importorskip)
 from fastlin.sklearn import LinearRegressor  # noqa: E402 (after importorskip)
+from fastlin.tools import roofline  # noqa: E402 (after importorskip)
 
 SHAPES = [(100_000, 50), (100_000, 200), (1_000_000, 50), (1_000_000, 200)]
 ESTIMATORS = {  # Ridge first: the others' R² is compared with its
@@ -106,8 +106,8 @@ def test_gram_roofline(benchmark):
     benchmark.group = "solve:roofline"
     benchmark.name = "Linear.solve[1000000x50]"
     benchmark.pedantic(lambda: model.solve(X, T), rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    read_bps, read_method = _roofline.read_bandwidth(X, repeats=5)
-    sgemm, _ = _roofline.gemm_rate(2048, repeats=3)
+    read_bps, read_method = roofline.read_bandwidth(X, repeats=5)
+    sgemm, _ = roofline.gemm_rate(2048, repeats=3)
     dgemm = _dgemm_rate()
     flops = float(n) * d * d  # the upper triangle of XᵀX: N·D²/2 multiply-adds
     read_s = X.nbytes / read_bps

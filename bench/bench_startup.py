@@ -56,7 +56,7 @@ def test_first_call_compile(benchmark):
 @pytest.mark.parametrize(("case", "library"), MEMORY_PARAMS)
 def test_step_peak_memory(benchmark, case, library):
     """Peak memory of one warm step: fastlin builds no (N, O) temporary."""
-    from fastlin import _peers
+    from fastlin.tools import peers as _peers
 
     reason = _peers.unavailable(library)
     if reason:

@@ -30,7 +30,7 @@ from hardware import (
 )
 from peers import Problem, is_peer, label
 
-from fastlin._roofline import format_seconds
+from fastlin.tools.roofline import format_seconds
 
 # Benchmark results of this run, by group ("step:tall"), then library.
 _RESULTS: dict[str, dict[str, dict]] = {}

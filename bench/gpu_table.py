@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from fastlin._roofline import format_seconds
+from fastlin.tools.roofline import format_seconds
 
 
 def rows(data):

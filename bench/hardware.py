@@ -5,18 +5,18 @@ The read bandwidth of a case is measured over the very array its step reads
 benchmarks; the SGEMM rate likewise.  A ceiling is the best the machine has
 shown, so the fastest of these measurements counts: on a shared machine a
 single early measurement can land in a busy moment and make every fraction
-of it look too good.  See :mod:`fastlin._roofline` for the definitions.
+of it look too good.  See :mod:`fastlin.tools.roofline` for the definitions.
 """
 
 from __future__ import annotations
 
-from fastlin import _roofline
+from fastlin.tools import roofline
 
-step_bytes = _roofline.step_bytes
-step_flops = _roofline.step_flops
-blas_info = _roofline.blas_info
-blas_summary = _roofline.blas_summary
-cpu_name = _roofline.cpu_name
+step_bytes = roofline.step_bytes
+step_flops = roofline.step_flops
+blas_info = roofline.blas_info
+blas_summary = roofline.blas_summary
+cpu_name = roofline.cpu_name
 
 
 class HardwareLimits:
@@ -29,11 +29,11 @@ class HardwareLimits:
 
     def observe(self, case, X, *, repeats=5):
         """Measure both ceilings now (over ``X`` for the read) and keep the best."""
-        bw, bw_method = _roofline.read_bandwidth(X, repeats=repeats)
+        bw, bw_method = roofline.read_bandwidth(X, repeats=repeats)
         self._samples.setdefault(case, []).append(bw)
         if case not in self._read or bw > self._read[case][0]:
             self._read[case] = (bw, bw_method, int(X.nbytes))
-        rate, rate_method = _roofline.gemm_rate(2048, repeats=3)
+        rate, rate_method = roofline.gemm_rate(2048, repeats=3)
         self._samples["gemm"].append(rate)
         if self._gemm is None or rate > self._gemm[0]:
             self._gemm = (rate, rate_method)
@@ -46,7 +46,7 @@ class HardwareLimits:
             self.observe(case, X, repeats=9)
         bw, bw_method, nbytes = self._read[case]
         rate, rate_method = self._gemm
-        return _roofline.Limits(bw, bw_method, nbytes, rate, rate_method, blas_summary(), cpu_name())
+        return roofline.Limits(bw, bw_method, nbytes, rate, rate_method, blas_summary(), cpu_name())
 
     def measured(self):
         """The best values and every sample, for the JSON's machine_info."""

@@ -94,7 +94,7 @@ def child_memory(case_name, library):
     import numba
     from cases import CASES
 
-    from fastlin import _peers
+    from fastlin.tools import peers as _peers
 
     nrt = None
     if numba.config.NRT_STATS and _peers.BACKENDS[library].fastlin:
@@ -267,7 +267,7 @@ def main(argv=None):
         return child_compile()
 
     sys.path.insert(0, str(ROOT))
-    from fastlin import _peers
+    from fastlin.tools import peers as _peers
 
     results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "memory": [], "loadavg": list(os.getloadavg())}
     cases = [c for c in args.memory.split(",") if c]

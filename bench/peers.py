@@ -1,7 +1,7 @@
 """The libraries each benchmark is parametrised by, and how to set one up.
 
 The step itself (forward, MSE, gradient, SGD update) is written once for every
-library in :mod:`fastlin._peers`, which ``python -m fastlin compare`` uses
+library in :mod:`fastlin.tools.peers`, which ``python -m fastlin compare`` uses
 too; this module turns it into pytest parameters that skip cleanly, with the
 reason, when a library or a GPU is missing.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from fastlin import _peers
+# As _peers: this module is bench's own `peers`, a thin layer over fastlin's.
+from fastlin.tools import peers as _peers
 
 # Display order: fastlin first, then the peers.
 LIBRARIES = tuple(_peers.BACKENDS)

@@ -20,7 +20,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-from fastlin._roofline import format_seconds
+from fastlin.tools.roofline import format_seconds
 
 ORDER = ("fastlin-cpu-1t", "fastlin-cpu", "fastlin-cuda", "numpy", "torch", "torch-cuda", "torch-cuda-graph", "jax")
 

@@ -117,24 +117,27 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
-    """``python -m fastlin compare``: the heavy imports happen only here."""
-    from . import compare as _compare
+    """``python -m fastlin compare``, once :func:`_compare_options` has parsed its options."""
+    from .tools import compare as _compare
 
     return int(_compare.main(args))
 
 
-# The names of fastlin._peers.BACKENDS, spelled out so that building the parser
-# imports nothing (tests/test_compare.py checks that they agree).
-COMPARE_BACKENDS = (
-    "fastlin-cpu-1t",
-    "fastlin-cpu",
-    "fastlin-cuda",
-    "numpy",
-    "torch",
-    "torch-cuda",
-    "torch-cuda-graph",
-    "jax",
-)
+def _compare_options(args: argparse.Namespace, rest: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Parse the arguments after ``compare`` with the options that
+    :mod:`fastlin.tools.compare` defines (its only definition); returns the
+    namespace and the arguments that none of them took.
+
+    The tools are imported here, when the subcommand runs, so that ``demo``
+    and ``import fastlin`` never load them.
+    """
+    from .tools import compare as _compare
+
+    parser = _compare.build_parser(args.command_prog)
+    namespace, rest = parser.parse_known_args(rest, namespace=args)
+    return namespace, rest
+
+
 DEMO_LR = 0.02
 
 
@@ -146,73 +149,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(float(v)) for v in text.replace("_", "").split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
-    return values
-
-
-def _shape_list(text: str) -> list[tuple[int, int]]:
-    shapes = []
-    for part in text.split(","):
-        try:
-            d, o = part.lower().split("x")
-            shapes.append((int(d), int(o)))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"shapes look like 64x1,1024x256 (D x O), got {part!r}") from None
-        if min(shapes[-1]) < 1:
-            raise argparse.ArgumentTypeError(f"shape sizes must be >= 1, got {part!r}")
-    return shapes
-
-
-def _backend_list(text: str) -> list[str]:
-    names = [b.strip() for b in text.split(",") if b.strip()]
-    unknown = [b for b in names if b not in COMPARE_BACKENDS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown backend(s) {', '.join(unknown) or text!r}; choose from {', '.join(COMPARE_BACKENDS)}"
-        )
-    return names
-
-
-def _compare_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--quick", action="store_true", help="a small grid and short timings (a smoke test, not for decisions)"
-    )
-    p.add_argument("--sizes", type=_int_list, help="numbers of rows N, comma-separated (default 100,1000,...,1000000)")
-    p.add_argument("--shapes", type=_shape_list, help="D x O shapes, comma-separated (default 64x1,64x16,1024x256)")
-    p.add_argument(
-        "--backends",
-        type=_backend_list,
-        help=f"comma-separated subset of: {', '.join(COMPARE_BACKENDS)} (default: all present)",
-    )
-    p.add_argument(
-        "--budget", type=float, help="seconds of timing per backend, size and round (default 0.1; --quick 0.02)"
-    )
-    p.add_argument(
-        "--repeats",
-        type=int,
-        help="least number of interleaved rounds per size (default 3, the fewest that give a spread); up to 3 times "
-        "as many run while a backend's rounds disagree by more than 10%% (not with --quick)",
-    )
-    p.add_argument(
-        "--max-work",
-        type=float,
-        default=float(1 << 32),
-        help="skip sizes whose step exceeds this many multiply-adds N·D·O (default 2^32)",
-    )
-    p.add_argument(
-        "--out",
-        default="fastlin-compare",
-        help="directory for compare.json, compare.md and compare.png (default ./fastlin-compare)",
-    )
-    p.add_argument("--no-plot", action="store_true", help="do not draw compare.png")
 
 
 def prog_name(argv0: str | None = None) -> str:
@@ -251,23 +187,25 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.set_defaults(run=demo)
 
+    # compare's options (and its --help) belong to fastlin.tools.compare:
+    # this parser takes none of them, so that building it imports no tool;
+    # main() hands the arguments it did not know to _compare_options.
     p = sub.add_parser(
         "compare",
         help="time one SGD step on a grid of sizes: fastlin CPU/CUDA against numpy, torch and JAX",
-        description="Time one full-batch SGD step over a grid of sizes on every backend present (fastlin CPU with "
-        "1 and all threads, fastlin CUDA, numpy, torch, JAX). The backends are timed in interleaved rounds, repeated "
-        "until the spread between rounds is known; the table gives the median time, that spread, the speed-up over "
-        "numpy and the fraction of the hardware limit measured in the same run. A crossover (where the GPU starts "
-        "to beat the CPU, where fastlin beats its peers) is stated only where the difference exceeds the spread.",
+        add_help=False,
     )
-    _compare_arguments(p)
-    p.set_defaults(run=compare)
+    p.set_defaults(run=compare, command_prog=p.prog)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "compare":
+        args, rest = _compare_options(args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")  # as parse_args says it
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)

@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from fastlin import _peers, compare
 from fastlin.__main__ import main as fastlin_main
+from fastlin.tools import compare, peers
 
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 
@@ -82,9 +82,9 @@ def test_compare_cli_runs_every_backend_present(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    present = [name for name in _peers.BACKENDS if _peers.unavailable(name) is None]
+    present = [name for name in peers.BACKENDS if peers.unavailable(name) is None]
     assert [r[2] for r in _table_lines(proc.stdout)] == present
-    for name in _peers.BACKENDS:
+    for name in peers.BACKENDS:
         if name not in present:
             assert f"skipped {name}:" in proc.stdout
     if "fastlin-cuda" not in present:
@@ -98,20 +98,37 @@ def test_compare_rejects_bad_sizes(tmp_path):
     assert "sizes must be positive" in proc.stderr
 
 
-def test_cli_knows_every_backend():
-    from fastlin.__main__ import COMPARE_BACKENDS
-
-    assert COMPARE_BACKENDS == tuple(_peers.BACKENDS)
-
-
-def test_import_fastlin_and_the_demo_stay_light():
-    code = (
-        "import sys, fastlin; from fastlin.__main__ import main; main(['demo', '--steps', '2']); "
-        "print([m for m in ('fastlin.compare', 'fastlin._peers', 'fastlin._roofline', 'matplotlib', 'torch', 'jax', "
-        "'threadpoolctl') if m in sys.modules])"
+def test_backends_option_takes_every_peer_backend_and_no_other():
+    # --backends is checked against tools.peers.BACKENDS itself: one list, no copy to drift.
+    parser = compare.build_parser()
+    for name in peers.BACKENDS:
+        assert parser.parse_args(["--backends", name]).backends == [name]
+    assert parser.parse_args(["--backends", ",".join(reversed(peers.BACKENDS))]).backends == list(
+        reversed(peers.BACKENDS)
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--backends", "numpy,fastlin-tpu"])
+    help_text = "".join(parser.format_help().split())  # argparse wraps lines at spaces and at hyphens
+    assert f"comma-separatedsubsetof:{','.join(peers.BACKENDS)}(default:allpresent)" in help_text
+
+
+def test_compare_help_and_errors_name_the_subcommand(tmp_path):
+    # The options live in fastlin.tools.compare, but the user still sees one command.
+    proc = _run("compare", "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m fastlin compare [-h] [--quick]")
+    assert "interleaved rounds" in proc.stdout and "--no-plot" in proc.stdout
+    proc = _run("compare", "--quick", "--no-such-option", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == "python -m fastlin: error: unrecognized arguments: --no-such-option"
+    proc = _run("compare", "--backends", "numpy,nope", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        f"python -m fastlin compare: error: argument --backends: unknown backend(s) 'nope'; choose from "
+        f"{', '.join(peers.BACKENDS)}"
+    )
+    proc = _run("--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "time one SGD step on a grid of sizes" in proc.stdout
 
 
 # --------------------------------------------------------------------------
@@ -119,7 +136,7 @@ def test_import_fastlin_and_the_demo_stay_light():
 # --------------------------------------------------------------------------
 def _report(times):
     """A Report from {(n, backend): seconds} for the shape 64→1."""
-    backends = sorted({b for _, b in times}, key=list(_peers.BACKENDS).index)
+    backends = sorted({b for _, b in times}, key=list(peers.BACKENDS).index)
     report = compare.Report(
         date="today",
         cpu="cpu",
@@ -141,7 +158,7 @@ def _report(times):
                     64,
                     1,
                     b,
-                    _peers.BACKENDS[b].device,
+                    peers.BACKENDS[b].device,
                     seconds=t,
                     samples=3,
                     speedup_vs_numpy=base / t,
@@ -181,7 +198,7 @@ def test_gpu_crossover_is_reported_and_plotted(tmp_path):
 # noise: rounds, spreads, and conclusions only from signal
 # --------------------------------------------------------------------------
 def _res(backend, rounds, n=1_000):
-    r = compare.Result(n, 64, 1, backend, _peers.BACKENDS[backend].device, rounds=list(rounds))
+    r = compare.Result(n, 64, 1, backend, peers.BACKENDS[backend].device, rounds=list(rounds))
     r.seconds = float(sorted(rounds)[len(rounds) // 2])
     r.spread = compare._spread(rounds)
     return r

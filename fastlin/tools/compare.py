@@ -2,7 +2,7 @@
 
 For each shape (D inputs → O outputs) and each number of rows N, every
 backend present here runs the same full-batch training step (see
-:mod:`fastlin._peers`): fastlin on the CPU with one thread and with all,
+:mod:`fastlin.tools.peers`): fastlin on the CPU with one thread and with all,
 fastlin on CUDA when a GPU is usable, and numpy, torch (CPU and, with a GPU,
 CUDA eager and CUDA graph) and JAX when installed.  It prints a table of the
 median time per step, the spread between rounds, the speed-up over numpy and
@@ -33,6 +33,7 @@ Nothing here is imported by ``import fastlin``.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import math
@@ -44,7 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _peers, _roofline
+# Bound as _peers/_roofline: the functions below use "peers" for their own lists of backends.
+from . import peers as _peers
+from . import roofline as _roofline
 
 # (in_features, out_features): bandwidth-bound, mixed, GEMM-bound (BENCH.md's tall, tall16, wide).
 SHAPES = ((64, 1), (64, 16), (1024, 256))
@@ -627,7 +630,7 @@ def peers_title(backends):
 
 def plot(report, path):
     """Speed-up over numpy against N, one panel per shape; returns the path."""
-    from ._plot import pyplot
+    from .._plot import pyplot
 
     plt = pyplot()
     shapes = sorted({(r.n_in, r.n_out) for r in report.results})
@@ -689,6 +692,93 @@ def write(report, out_dir):
 # --------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------
+# The options and the text of `compare --help` live here, beside the code
+# that reads them; fastlin/__main__.py only registers the subcommand (with its
+# one-line help) and hands the arguments after "compare" to build_parser.
+DESCRIPTION = (
+    "Time one full-batch SGD step over a grid of sizes on every backend present (fastlin CPU with "
+    "1 and all threads, fastlin CUDA, numpy, torch, JAX). The backends are timed in interleaved rounds, repeated "
+    "until the spread between rounds is known; the table gives the median time, that spread, the speed-up over "
+    "numpy and the fraction of the hardware limit measured in the same run. A crossover (where the GPU starts "
+    "to beat the CPU, where fastlin beats its peers) is stated only where the difference exceeds the spread."
+)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(float(v)) for v in text.replace("_", "").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
+    return values
+
+
+def _shape_list(text: str) -> list[tuple[int, int]]:
+    shapes = []
+    for part in text.split(","):
+        try:
+            d, o = part.lower().split("x")
+            shapes.append((int(d), int(o)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"shapes look like 64x1,1024x256 (D x O), got {part!r}") from None
+        if min(shapes[-1]) < 1:
+            raise argparse.ArgumentTypeError(f"shape sizes must be >= 1, got {part!r}")
+    return shapes
+
+
+def _backend_list(text: str) -> list[str]:
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    unknown = [b for b in names if b not in _peers.BACKENDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown backend(s) {', '.join(unknown) or text!r}; choose from {', '.join(_peers.BACKENDS)}"
+        )
+    return names
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``compare`` (their one definition; :func:`main` reads them)."""
+    p.add_argument(
+        "--quick", action="store_true", help="a small grid and short timings (a smoke test, not for decisions)"
+    )
+    p.add_argument("--sizes", type=_int_list, help="numbers of rows N, comma-separated (default 100,1000,...,1000000)")
+    p.add_argument("--shapes", type=_shape_list, help="D x O shapes, comma-separated (default 64x1,64x16,1024x256)")
+    p.add_argument(
+        "--backends",
+        type=_backend_list,
+        help=f"comma-separated subset of: {', '.join(_peers.BACKENDS)} (default: all present)",
+    )
+    p.add_argument(
+        "--budget", type=float, help="seconds of timing per backend, size and round (default 0.1; --quick 0.02)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="least number of interleaved rounds per size (default 3, the fewest that give a spread); up to 3 times "
+        "as many run while a backend's rounds disagree by more than 10%% (not with --quick)",
+    )
+    p.add_argument(
+        "--max-work",
+        type=float,
+        default=float(1 << 32),
+        help="skip sizes whose step exceeds this many multiply-adds N·D·O (default 2^32)",
+    )
+    p.add_argument(
+        "--out",
+        default="fastlin-compare",
+        help="directory for compare.json, compare.md and compare.png (default ./fastlin-compare)",
+    )
+    p.add_argument("--no-plot", action="store_true", help="do not draw compare.png")
+
+
+def build_parser(prog: str = "python -m fastlin compare") -> argparse.ArgumentParser:
+    """The parser of ``compare``'s options, named ``prog`` in its usage and errors."""
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add_arguments(parser)
+    return parser
+
+
 def check_out_dir(out):
     """Make sure compare.json can be written under ``out`` before measuring
     anything: create the directory and write (then remove) a probe file.
@@ -709,7 +799,7 @@ def check_out_dir(out):
 def _plot_unavailable():
     """None when compare.png can be drawn, else why not."""
     try:
-        from ._plot import pyplot
+        from .._plot import pyplot
 
         pyplot()
     except ImportError as exc:
@@ -718,7 +808,7 @@ def _plot_unavailable():
 
 
 def main(args):
-    """Run ``compare`` from parsed arguments; returns the exit status."""
+    """Run ``compare`` from the options :func:`build_parser` parsed; returns the exit status."""
     sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
     shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
     budget = args.budget if args.budget is not None else (0.02 if args.quick else 0.1)
@@ -773,6 +863,15 @@ def main(args):
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from .__main__ import main as _cli
-
-    sys.exit(_cli(["compare", *sys.argv[1:]]))
+    # ``python -m fastlin.tools.compare ...``: the same options, parsed here
+    # (importing fastlin.__main__ from the tools would tie the CLI and the
+    # tools into a cycle); errors are one line, as ``python -m fastlin`` gives.
+    _parser = build_parser("python -m fastlin.tools.compare")
+    _args = _parser.parse_args()
+    try:
+        _status = main(_args)
+    except (ValueError, TypeError, RuntimeError, ImportError, OSError) as exc:
+        _parser.exit(2, f"{_parser.prog}: error: {exc}\n")
+    except KeyboardInterrupt:
+        _parser.exit(130, f"{_parser.prog}: interrupted\n")
+    sys.exit(_status)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,7 +49,7 @@ def _compile_read_kernel():
         import numba
         from numba import prange
 
-        from ._jit import CACHE, FASTMATH_FLAGS
+        from .._jit import CACHE, FASTMATH_FLAGS
 
         # fastlin's own flags: reassoc lets LLVM keep several vector
         # accumulators, as fastlin's kernels may.
@@ -198,16 +198,6 @@ class Limits:
     def bound(self, nbytes, flops):
         """ "memory" or "compute": which ceiling binds a step of this size."""
         return "memory" if nbytes / self.read_bytes_per_s >= flops / self.gemm_flops_per_s else "compute"
-
-    def as_dict(self):
-        return asdict(self)
-
-
-def measure(read_array, *, gemm_n=2048, repeats=7, use_torch=True):
-    """Measure both ceilings now: the read over ``read_array``'s bytes, and an SGEMM."""
-    bw, bw_method = read_bandwidth(read_array, repeats=repeats)
-    rate, rate_method = gemm_rate(gemm_n, repeats=max(3, repeats // 2), use_torch=use_torch)
-    return Limits(bw, bw_method, int(np.asarray(read_array).nbytes), rate, rate_method, blas_summary(), cpu_name())
 
 
 def step_bytes(n_rows, n_in, n_out, itemsize=4):
