@@ -3,7 +3,7 @@
 Where the step turns from memory-bound (one read of X and T) to
 arithmetic-bound (4·N·D·O flops).  fastlin's ``model.step`` against numpy
 (two BLAS products) and torch eager (``nn.Linear``, autograd, ``optim.SGD``),
-through the same ``fastlin._peers`` backends as bench_step.py, in the same
+through the same ``fastlin.tools.peers`` backends as bench_step.py, in the same
 run, each O in turn.  ``extra_info`` carries bytes, flops, the read bandwidth
 over this X and the SGEMM rate measured in the same run, the roofline time
 (the larger of the two) and the fraction of it reached; the closing roofline
