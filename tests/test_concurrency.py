@@ -13,10 +13,10 @@ import threading
 
 import numpy as np
 import pytest
-from helpers import make_data
 
 import fastlin
 from fastlin.backends import cpu_ops
+from tests.support.helpers import make_data
 
 N_THREADS = 8
 CALLS = 40

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import make_data
 
 import fastlin
+from tests.support.helpers import make_data
 
 N, D, O = 9, 4, 3
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import itertools
 
-import naive
 import numpy as np
 import pytest
-from helpers import assert_sums_close, make_data, tol
 
 import fastlin
 from fastlin.backends import cpu
+from tests.support import naive
+from tests.support.helpers import assert_sums_close, make_data, tol
 
 SHAPES = list(itertools.product([1, 17, 33, 1000], [1, 5, 63], [1, 2, 7]))
 

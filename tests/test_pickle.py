@@ -7,10 +7,10 @@ import pickle
 
 import numpy as np
 import pytest
-from helpers import make_data
 
 import fastlin
 from fastlin import _dispatch
+from tests.support.helpers import make_data
 
 OPTIMISERS = [
     dict(lr=0.05),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import naive
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastlin
+from tests.support import naive
 
 # No deadline: the first example of a run compiles kernels.  Derandomised so
 # that CI runs the same examples every time.

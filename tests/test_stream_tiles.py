@@ -5,7 +5,7 @@ in register tiles of 8 rows x 8 outputs and gradients in tiles of 4 outputs x
 16 columns (``cpu._rows_partials_tiled``), with a transposed, zero-padded copy
 of W in the work buffer; from 4 outputs below that, the pair kernel sums
 its gradient with the same gradient tiles.  These tests check both against the float64 references
-of ``tests/naive.py`` on shapes that leave partial tiles everywhere: outputs
+of ``tests/support/naive.py`` on shapes that leave partial tiles everywhere: outputs
 not a multiple of 8 or 4, columns not a multiple of 16 or 8, rows not a
 multiple of 8 or of FLUSH_ROWS; float32 and float64; full batches, shuffled
 mini-batches (rows met through the permutation, with prefetching) and a
@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import platform
 
-import naive
 import numpy as np
 import pytest
-from helpers import assert_sums_close, make_data, tol
 
 import fastlin
 from fastlin.backends import abi, cpu
+from tests.support import naive
+from tests.support.helpers import assert_sums_close, make_data, tol
 
 NO_ROWS = np.empty(0, dtype=np.int64)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 
-import naive
 import numba
 import numpy as np
 import pytest
-from helpers import make_data, tol
 
 import fastlin
 from fastlin import layer
+from tests.support import naive
+from tests.support.helpers import make_data, tol
 
 OPTIMISERS = [
     dict(lr=0.05),

@@ -6,13 +6,13 @@ state) are snapshotted first; after the error they must be bit-identical.
 
 from __future__ import annotations
 
-import naive
 import numpy as np
 import pytest
-from helpers import make_data, tol
 
 import fastlin
 from fastlin import _dispatch
+from tests.support import naive
+from tests.support.helpers import make_data, tol
 
 N, D, O = 20, 5, 3
 

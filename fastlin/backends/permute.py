@@ -25,7 +25,7 @@ calls another (each target compiles them separately).  Compiled kernels
 are cached by the file that compiles them, not this one: after editing this
 file, clear the numba cache (``fastlin/backends/__pycache__/*.nb[ic]``).
 
-tests/naive.py writes the same definition out independently, on Python ints.
+tests/support/naive.py writes the same definition out independently, on Python ints.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ These tests run on a real GPU or, with ``NUMBA_ENABLE_CUDASIM=1`` set in the
 environment before Python starts, in numba's CUDA simulator (tiny shapes:
 the simulator runs every GPU thread as a Python thread).  Anywhere else the
 whole directory is skipped, with the reason, except modules that set
-``NEEDS_CUDA = False`` (import safety, the PTX compile check).
+``NEEDS_CUDA = False`` (import safety, the PTX compile check, and the CPU
+half of test_conformance.py, whose ``device`` fixture gives "cpu" and "cuda").
 
 Small thread blocks: the kernels size shared memory with the block size, so
 it is fixed when ``fastlin.backends.cuda`` is first imported.  We set it
@@ -36,6 +37,11 @@ if _dispatch.cuda_simulated():
     sys.setswitchinterval(2e-4)
 
 
+def _skip_reason():
+    """Why a test that needs CUDA is skipped here (one text for all, so they fold into one line)."""
+    return f"tests/cuda need a GPU, or NUMBA_ENABLE_CUDASIM=1 set before Python starts: {UNAVAILABLE}"
+
+
 def pytest_runtest_setup(item):
     # Without CUDA, every test here that needs it is skipped by this one line,
     # so pytest's summary folds them into a single "SKIPPED [n] ...conftest.py"
@@ -44,8 +50,11 @@ def pytest_runtest_setup(item):
     if UNAVAILABLE is None:
         return
     path = Path(str(item.fspath)).resolve()
-    if HERE in path.parents and getattr(item.module, "NEEDS_CUDA", True):
-        pytest.skip(f"tests/cuda need a GPU, or NUMBA_ENABLE_CUDASIM=1 set before Python starts: {UNAVAILABLE}")
+    needs_cuda = getattr(item.module, "NEEDS_CUDA", True)
+    # The cuda half of a test over both devices (the ``device`` fixture) needs it too.
+    on_cuda = getattr(getattr(item, "callspec", None), "params", {}).get("device") == "cuda"
+    if HERE in path.parents and (needs_cuda or on_cuda):
+        pytest.skip(_skip_reason())
 
 
 @pytest.fixture(scope="session")
@@ -79,4 +88,16 @@ def path(request, monkeypatch, cops):
 def launches(request, monkeypatch, cops):
     """Run a fit in one launch of one block, and as one launch per step."""
     monkeypatch.setattr(cops, "FORCE_ONE_LAUNCH", request.param == "one-launch")
+    return request.param
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    """The device a test of the public API runs on (test_conformance.py):
+    ``"cpu"`` always; ``"cuda"`` on a GPU or in the simulator, else skipped
+    with the reason (one reason for every such test, so pytest folds them into
+    one line).  Tests that take it set ``NEEDS_CUDA = False`` so that their
+    CPU half runs everywhere."""
+    if request.param == "cuda" and UNAVAILABLE is not None:  # already skipped above, for tests in tests/cuda
+        pytest.skip(_skip_reason())
     return request.param

@@ -9,9 +9,9 @@ import importlib.util
 
 import numpy as np
 import pytest
-from cuda_ref import to_host
 
 import fastlin
+from tests.support.cuda_ref import to_host
 
 N, D, O = 10, 5, 3
 

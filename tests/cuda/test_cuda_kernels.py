@@ -10,13 +10,13 @@ than half a block (row groups) in others.
 
 from __future__ import annotations
 
-import cuda_ref as ref
 import numpy as np
 import pytest
-from cuda_ref import assert_close, f64, to_host
 
 from fastlin import SGD
 from fastlin.backends import abi, cpu, cpu_ops
+from tests.support import cuda_ref as ref
+from tests.support.cuda_ref import assert_close, f64, to_host
 
 # (N, D, O): the seed; E = 8 <= TPB/2 (row groups); 3 blocks and 3 column
 # tiles; E = 30 > TPB (two gradient elements per thread); O > OMAX (the

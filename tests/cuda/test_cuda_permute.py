@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cuda_ref import to_host
-from test_permute_stats import order
 
 from fastlin.backends import permute
+from tests.cuda.test_permute_stats import order
+from tests.support.cuda_ref import to_host
 
 
 @pytest.mark.parametrize(("seed", "epoch", "n"), [(0, 0, 1), (7, 3, 17), (2**64 - 1, 5, 61), (12345, 2**33, 200)])

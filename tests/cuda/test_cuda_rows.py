@@ -7,20 +7,20 @@ several tiles and several blocks; D a multiple of 4 (float32) or 2 (float64)
 with an aligned base takes the 16-byte loads (``copy16``), an odd D or a base
 one element off the element-wise loads; E > TPB accumulates in ``part``, E <=
 TPB/2 splits rows into groups.  Every result is compared with the float64
-reference by the CPU tests' own bound (tests/helpers.py: the rounding of a
+reference by the CPU tests' own bound (tests/support/helpers.py: the rounding of a
 float32 sum grows with the sum of the terms' absolute values).
 """
 
 from __future__ import annotations
 
-import cuda_ref as ref
 import numpy as np
 import pytest
-from cuda_ref import f64, to_host
-from helpers import assert_sums_close
 
 from fastlin import SGD
 from fastlin.backends import abi, cpu_ops
+from tests.support import cuda_ref as ref
+from tests.support.cuda_ref import f64, to_host
+from tests.support.helpers import assert_sums_close
 
 # (N, D, O): vector loads, one output (E = 9, one element a thread); E = 26
 # > TPB (part accumulators); D odd (element loads), 3 outputs; row groups

@@ -1,16 +1,12 @@
 """The CUDA tests' references and helpers: device arrays to the host,
-tolerances, and adapters to the float64 references of ``tests/naive.py``
+tolerances, and adapters to the float64 references of :mod:`tests.support.naive`
 (independent of both backends' kernels)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for naive.py
-import naive  # noqa: E402
+from tests.support import naive
 
 
 def to_host(a):
@@ -22,7 +18,7 @@ def f64(a):
     return np.asarray(to_host(a), dtype=np.float64)
 
 
-# The float64 references are tests/naive.py's, shared with the CPU suite;
+# The float64 references are tests.support.naive's, shared with the CPU suite;
 # these adapters only bring device arrays to the host first.
 def forward(X, W, b):
     return naive.forward(to_host(X), to_host(W), to_host(b))

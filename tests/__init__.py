@@ -1,0 +1,1 @@
+"""fastlin's test suite (a package, so that tests import ``tests.support``)."""
