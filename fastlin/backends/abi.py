@@ -68,6 +68,9 @@ HYPER = np.dtype(
         ("end_factor", np.float64),  # linear
         ("total_iters", np.int64),  # linear: steps to go from start to end
         ("power_t", np.float64),  # inverse scaling: lr / (k + 1) ** power_t
+        # a linear warm-up before any schedule (torch's SequentialLR of a LinearLR and the schedule)
+        ("warmup_steps", np.int64),  # 0: none; else steps 0..warmup_steps-1 warm up
+        ("warmup_start_factor", np.float64),  # the first warm-up step's fraction of lr
     ],
     align=True,
 )
