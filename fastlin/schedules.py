@@ -17,7 +17,16 @@ each model, so ``step``, ``fit`` and further ``fit`` calls continue it.
 ``linear(start_factor=1/3, ...)``  ``torch.optim.lr_scheduler.LinearLR``
 ``inverse_scaling(power_t=0.25)``  scikit-learn's ``learning_rate="invscaling"``
 ``constant()``                     no scheduler (the default)
+``warmup(schedule, steps, ...)``   ``SequentialLR`` of a ``LinearLR`` and ``schedule``
 =================================  ============================================
+
+``warmup`` puts a linear warm-up in front of any other schedule::
+
+    fastlin.schedules.warmup(fastlin.schedules.cosine(T_max=1000), steps=100)
+
+ramps the rate from ``0.1 * lr`` over 100 steps, then anneals it from ``lr``
+along the cosine: the cosine's position counts from the end of the warm-up,
+so it starts at its peak.
 
 Schedules are small immutable values: they compare equal when their kind and
 parameters are equal, hash, pickle, and print as the call that makes them.
@@ -33,11 +42,23 @@ import numpy as np
 from . import _validate
 from .backends import abi, rules
 
-__all__ = ["Schedule", "constant", "cosine", "exponential", "inverse_scaling", "linear", "step"]
+__all__ = ["Schedule", "constant", "cosine", "exponential", "inverse_scaling", "linear", "step", "warmup"]
 
 # Every HYPER field a schedule may write; encode() zeroes the ones a kind
-# does not use, so that re-encoding another schedule leaves nothing behind.
-_HYPER_FIELDS = ("step_size", "gamma", "t_max", "eta_min", "start_factor", "end_factor", "total_iters", "power_t")
+# does not use, so that re-encoding another schedule leaves nothing behind
+# (a schedule without a warm-up writes warmup_steps = 0: none).
+_HYPER_FIELDS = (
+    "step_size",
+    "gamma",
+    "t_max",
+    "eta_min",
+    "start_factor",
+    "end_factor",
+    "total_iters",
+    "power_t",
+    "warmup_steps",
+    "warmup_start_factor",
+)
 
 # kind -> (abi code, {parameter name: HYPER field})
 _KINDS = {
@@ -51,6 +72,8 @@ _KINDS = {
     ),
     "inverse_scaling": (abi.SCHEDULE_INVERSE_SCALING, {"power_t": "power_t"}),
 }
+# warmup has no code of its own: it writes the wrapped schedule's fields and
+# the two warm-up fields (Schedule._new).
 
 
 class Schedule:
@@ -83,12 +106,21 @@ class Schedule:
         self = object.__new__(cls)
         object.__setattr__(self, "_kind", kind)
         object.__setattr__(self, "_params", tuple(params))
-        code, names = _KINDS[kind]
-        fields: dict[str, int | float] = {"schedule": code}
-        for field in _HYPER_FIELDS:  # zero, of the field's type
-            fields[field] = 0 if abi.HYPER[field].kind == "i" else 0.0
-        for name, value in params:
-            fields[names[name]] = value
+        fields: dict[str, int | float]
+        if kind == "warmup":
+            # The wrapped schedule's fields (its own warm-up fields are zero:
+            # it is not a warm-up), with this warm-up's written over them.
+            named = dict(params)
+            fields = dict(named["schedule"]._fields)
+            fields["warmup_steps"] = named["steps"]
+            fields["warmup_start_factor"] = named["start_factor"]
+        else:
+            code, names = _KINDS[kind]
+            fields = {"schedule": code}
+            for field in _HYPER_FIELDS:  # zero, of the field's type
+                fields[field] = 0 if abi.HYPER[field].kind == "i" else 0.0
+            for name, value in params:
+                fields[names[name]] = value
         object.__setattr__(self, "_fields", fields)
         return self
 
@@ -277,6 +309,49 @@ def constant() -> Schedule:
     return Schedule._new("constant", ())
 
 
+def warmup(schedule: Schedule, steps: int, start_factor: float = 0.1) -> Schedule:
+    """A linear warm-up of ``steps`` steps in front of ``schedule``.
+
+    Step ``k < steps`` uses ``lr * (start_factor + (1 - start_factor) * k / steps)``;
+    step ``k >= steps`` uses ``schedule``'s rate at ``k - steps``, so the
+    schedule begins at its own first step (a cosine at its peak ``lr``) when
+    the warm-up ends.  In torch::
+
+        SequentialLR(opt, [LinearLR(opt, start_factor, 1.0, total_iters=steps), S], milestones=[steps])
+
+    where ``S`` is ``schedule``'s scheduler (torch's SequentialLR restarts
+    ``S`` at position 0 at the milestone).  ``warmup(constant(), n, f)`` is
+    ``LinearLR(opt, f, 1.0, n)`` alone.  One difference: after a warm-up,
+    ``linear(total_iters=0)`` keeps ``lr * start_factor`` as it does alone,
+    where torch's SequentialLR raises ZeroDivisionError at the milestone
+    (torch 2.13 restarts the LinearLR with its closed form, which divides by
+    ``total_iters``).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The schedule after the warm-up; any but another warm-up (see below).
+    steps : int >= 1
+        Steps of warm-up (torch's milestone).
+    start_factor : float in (0, 1]
+        The first step's fraction of ``lr``, as in torch's ``LinearLR``.
+
+    A warm-up of a warm-up is refused: the kernels' record has room for one
+    warm-up, and two ramps in a row are not one ramp, so they cannot be
+    folded into it.  Use one warm-up, or a ``linear`` schedule inside it.
+    """
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a fastlin.schedules.Schedule, got {type(schedule).__name__}")
+    if schedule.kind == "warmup":
+        raise ValueError(
+            "schedule is already a warmup; a warm-up of a warm-up is not supported "
+            "(fastlin's kernels hold one warm-up per optimiser): use a single warmup"
+        )
+    steps = _validate.check_int(steps, "steps", minimum=1)
+    start_factor = _check_factor(start_factor, "start_factor", low_open=True)
+    return Schedule._new("warmup", (("schedule", schedule), ("steps", steps), ("start_factor", start_factor)))
+
+
 _FACTORIES: dict[str, Callable[..., Schedule]] = {
     "constant": constant,
     "step": step,
@@ -284,4 +359,5 @@ _FACTORIES: dict[str, Callable[..., Schedule]] = {
     "cosine": cosine,
     "linear": linear,
     "inverse_scaling": inverse_scaling,
+    "warmup": warmup,
 }

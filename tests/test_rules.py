@@ -280,7 +280,34 @@ SCHEDULED = [
     ("adam-linear-warmup", "adam", {"amsgrad": True}, schedules.linear(0.1, 1.0, 20)),
     ("adamw-exponential", "adamw", {"weight_decay": 0.05}, schedules.exponential(0.97)),
     ("adam-inverse-scaling", "adam", {"weight_decay": 0.01}, schedules.inverse_scaling(0.5)),
+    # a warm-up in front (torch: SequentialLR of a LinearLR and the schedule)
+    ("adam-warmup-cosine", "adam", {}, schedules.warmup(schedules.cosine(60, eta_min=1e-4), 10)),
+    ("adamw-warmup-constant", "adamw", {"weight_decay": 0.1}, schedules.warmup(schedules.constant(), 25, 0.05)),
+    ("sgd-warmup-step", "sgd", {"momentum": 0.9}, schedules.warmup(schedules.step(11, 0.5), 7, start_factor=0.3)),
+    ("adam-warmup-inverse-scaling", "adam", {"amsgrad": True}, schedules.warmup(schedules.inverse_scaling(), 4)),
 ]
+
+TORCH_SCHEDULER = {
+    "cosine": "CosineAnnealingLR",
+    "step": "StepLR",
+    "linear": "LinearLR",
+    "exponential": "ExponentialLR",
+}
+
+
+def torch_scheduler(lr_scheduler, opt, schedule):
+    """torch's scheduler for ``schedule``: a warm-up is SequentialLR([LinearLR, S]),
+    or the LinearLR alone before a constant; inverse scaling is a LambdaLR."""
+    if schedule.kind == "warmup":
+        ramp = lr_scheduler.LinearLR(opt, schedule.start_factor, 1.0, total_iters=schedule.steps)
+        if schedule.schedule.kind == "constant":
+            return ramp
+        after = torch_scheduler(lr_scheduler, opt, schedule.schedule)
+        return lr_scheduler.SequentialLR(opt, [ramp, after], milestones=[schedule.steps])
+    if schedule.kind == "inverse_scaling":
+        power_t = schedule.power_t
+        return lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (k + 1.0) ** power_t)
+    return getattr(lr_scheduler, TORCH_SCHEDULER[schedule.kind])(opt, **schedule.params)
 
 
 @pytest.mark.parametrize("name, kind, kw, schedule", SCHEDULED, ids=[c[0] for c in SCHEDULED])
@@ -299,17 +326,15 @@ def test_rules_with_a_schedule(name, kind, kw, schedule):
     else:
         want_p = [w[0] for w in reference_adam(p0, grads, lrs=lrs, decoupled=kind == "adamw", **kw)]
     assert max(rel_err(gp, wp) for (gp, _), wp in zip(got, want_p, strict=True)) <= 1e-9
-    if schedule.kind == "inverse_scaling":
-        return  # sklearn's, no torch scheduler to compare with
     pytest.importorskip("torch")
-    cls = {"cosine": "CosineAnnealingLR", "step": "StepLR", "linear": "LinearLR", "exponential": "ExponentialLR"}
 
     def make(optim, ps):
         if kind == "sgd":
             return optim.SGD(ps, lr=lr, foreach=False, **kw)
         return (optim.AdamW if kind == "adamw" else optim.Adam)(ps, lr=lr, foreach=False, **kw)
 
-    want = torch_history(make, p0, grads, lambda s, opt: getattr(s, cls[schedule.kind])(opt, **schedule.params))
+    # inverse scaling is scikit-learn's; torch has it as a LambdaLR
+    want = torch_history(make, p0, grads, lambda s, opt: torch_scheduler(s, opt, schedule))
     keys = (
         [(0, "momentum_buffer")]
         if kind == "sgd"
@@ -318,7 +343,14 @@ def test_rules_with_a_schedule(name, kind, kw, schedule):
     assert worst(got, want, keys) <= 1e-9
 
 
-@pytest.mark.parametrize("hyper", [sgd_hyper(momentum=0.9, nesterov=True), adam_hyper(amsgrad=True, weight_decay=0.1)])
+@pytest.mark.parametrize(
+    "hyper",
+    [
+        sgd_hyper(momentum=0.9, nesterov=True),
+        adam_hyper(amsgrad=True, weight_decay=0.1),
+        sgd_hyper(momentum=0.5, schedule=schedules.warmup(schedules.cosine(40, eta_min=1e-3), 15, 0.2)),
+    ],
+)
 def test_inlined_into_a_compiled_loop_gives_the_same_numbers(hyper):
     p0, grads = problem(6)
     p, slots = p0.copy(), np.zeros((3, p0.size))

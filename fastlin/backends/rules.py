@@ -51,6 +51,13 @@ def scheduled_lr(hp, step):
       (``LinearLR``; ``lr * start`` forever when ``total_iters == 0``, as torch's does).
     - ``SCHEDULE_INVERSE_SCALING``: ``lr / (step + 1) ** power_t`` (scikit-learn's ``invscaling``).
 
+    A warm-up (``warmup_steps`` = n > 0, ``warmup_start_factor`` = s) comes
+    before any of them: steps ``k < n`` use ``lr * (s + (1 - s) * k / n)``,
+    and step ``k >= n`` uses the schedule above at position ``k - n``.  That
+    is torch's ``SequentialLR([LinearLR(s, 1.0, n), S], milestones=[n])``,
+    which restarts ``S`` at position 0 at the milestone, so a cosine after a
+    warm-up starts at its peak ``lr``.
+
     Closed forms rather than torch's recurrences, so a kernel can evaluate any
     step directly.  They agree with torch to 1e-11 relative or better over
     4000 steps (torch's own recurrences drift by that much; see
@@ -64,6 +71,19 @@ def scheduled_lr(hp, step):
     """
     kind = hp["schedule"]
     base = hp["lr"]
+    warmup = hp["warmup_steps"]
+    if step < warmup:
+        if kind < SCHEDULE_CONSTANT or kind > SCHEDULE_INVERSE_SCALING:
+            # An unknown code gives NaN during the warm-up too, not a rate
+            # that looks right for a while (abi's codes are 0 .. 5, in a row;
+            # tests/test_schedules.py checks that).
+            return math.nan
+        # LinearLR's closed form, from warmup_start_factor to 1 (the form
+        # SCHEDULE_LINEAR uses, within 1e-15 of torch's recurrence).
+        start = hp["warmup_start_factor"]
+        return base * (start + (1.0 - start) * step / warmup)
+    # After the warm-up the schedule starts again from its own position 0.
+    step = step - warmup
     if kind == SCHEDULE_CONSTANT:
         return base * 1.0
     if kind == SCHEDULE_STEP:

@@ -6,7 +6,9 @@ functions, the way fastlin.backends.cuda compiles them.
   against the same functions compiled with ``numba.njit``.
 * Compiled to PTX for sm_90 without a GPU, in a subprocess (the simulator
   replaces ``numba.cuda`` in this one): proof that the device functions type
-  and lower for real hardware, with record and float32/float64 arguments.
+  and lower for real hardware, with record and float32/float64 arguments,
+  and that the compiled learning rate reads the warm-up fields of the record
+  (a 64-bit integer and a double load at their byte offsets).
   Skipped, with the reason, without numba-cuda's toolkit wheels.
 
 NEEDS_CUDA is False so that the PTX check runs everywhere; the kernel test
@@ -82,6 +84,13 @@ CASES = [
     _hyper(ADAM, 1e-2, schedules.inverse_scaling(0.5), weight_decay=0.1, amsgrad=True, **ADAM_FIELDS),
     _hyper(ADAM, 1e-2, schedules.cosine(5), weight_decay=0.05, decoupled=True, **ADAM_FIELDS),
     _hyper(ADAM, 1e-2, schedules.linear(), beta1=0.3, beta2=0.7, eps=1e-6, amsgrad=True, decoupled=True),
+    # warm-ups: ending inside the first 36 steps; lasting past them (steps 0 ..
+    # 35 ramp, 100 ... do not); one step long, before a linear decay; and
+    # ending at step 999, which the kernel evaluates with 1000 beside it
+    _hyper(SGD, 0.1, schedules.warmup(schedules.cosine(13, eta_min=0.001), 7, 0.2), momentum=0.9),
+    _hyper(ADAM, 1e-2, schedules.warmup(schedules.inverse_scaling(0.5), 40), amsgrad=True, **ADAM_FIELDS),
+    _hyper(ADAM, 1e-2, schedules.warmup(schedules.linear(0.25, 0.5, 9), 1, 1.0), decoupled=True, **ADAM_FIELDS),
+    _hyper(SGD, 0.1, schedules.warmup(schedules.constant(), 999, 0.01), weight_decay=0.01),
 ]
 
 
@@ -118,8 +127,8 @@ def test_rules_in_a_cuda_kernel_match_njit():
 # Run in a subprocess without NUMBA_ENABLE_CUDASIM.  Exit 3 (with the reason
 # on the last line) when numba-cuda or its toolkit is missing.
 _PTX_SCRIPT = textwrap.dedent(
-    """
-    import importlib.util, sys, types
+    r"""
+    import importlib.util, re, sys, types
     if importlib.util.find_spec("numba_cuda") is None:
         print("numba-cuda is not installed"); sys.exit(3)
     import numba.cuda
@@ -164,6 +173,12 @@ _PTX_SCRIPT = textwrap.dedent(
         sig = (record, nt.int64[::1], dt[::1], dt[::1], dt[:, ::1], nt.float64[::1])
         ptx, _ = numba.cuda.compile_ptx(step_kernel, sig, cc=cc)
         assert ".target sm_90" in ptx and ".entry" in ptx, ptx[:2000]
+        # The warm-up is compiled in: the kernel loads warmup_steps (u64) and
+        # warmup_start_factor (f64) from the record, at their byte offsets.
+        for field, kind in (("warmup_steps", "u64"), ("warmup_start_factor", "f64")):
+            offset = abi.HYPER.fields[field][1]
+            pattern = rf"ld\.global\.{kind}\s+%\w+, \[%\w+\+{offset}\];"
+            assert re.search(pattern, ptx), (field, offset, [ln for ln in ptx.splitlines() if "ld.global" in ln])
         print(f"ok {dt} {len(ptx.splitlines())} PTX lines")
     """
 )
