@@ -144,6 +144,7 @@ def analyse(cc=(9, 0), dtype="float32", names=None):
     # capability, which needs a driver: pin that query to the target.
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
     from fastlin.backends import cuda as K
+    from fastlin.backends import cuda_config
 
     bin_dir = toolkit_bin()
     arch = f"sm_{cc[0]}{cc[1]}"
@@ -168,7 +169,7 @@ def analyse(cc=(9, 0), dtype="float32", names=None):
             sass = subprocess.run(
                 [str(bin_dir / "nvdisasm"), str(cubin)], capture_output=True, text=True, check=True
             ).stdout
-            threads = K.TS * K.TS if name in TILED else K.TPB
+            threads = cuda_config.TS * cuda_config.TS if name in TILED else cuda_config.TPB
             row = {"name": name, "hot": name in HOT, "block_threads": threads}
             row.update(_ptxas_info(res.stdout + res.stderr))
             row.update(sass_counts(sass))
@@ -203,15 +204,14 @@ def main(argv=None):
     cc = tuple(int(p) for p in args.cc.split("."))
     start = time.perf_counter()
     rows = analyse(cc, args.dtype)
-    from fastlin.backends import cuda as K
+    from fastlin.backends import cuda_config
 
-    print(
-        f"fastlin CUDA kernels, {args.dtype}, sm_{cc[0]}{cc[1]}, TPB={K.TPB}, tile {K.TS}x{K.TS} (static SASS counts)"
-    )
+    tpb, tile = cuda_config.TPB, cuda_config.TS
+    print(f"fastlin CUDA kernels, {args.dtype}, sm_{cc[0]}{cc[1]}, TPB={tpb}, tile {tile}x{tile} (static SASS counts)")
     print_table(rows)
     print(f"({time.perf_counter() - start:.1f} s)")
     if args.json:
-        report = {"cc": list(cc), "dtype": args.dtype, "tpb": K.TPB, "tile": K.TS, "kernels": rows}
+        report = {"cc": list(cc), "dtype": args.dtype, "tpb": tpb, "tile": tile, "kernels": rows}
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return 0
 

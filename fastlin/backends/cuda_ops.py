@@ -7,14 +7,14 @@ the device state at the start of a call and back at the end).
 
 Two launch plans, chosen from the layer's shape (:func:`path_for`):
 
-``"F"`` (row tiles; at most ``min(cuda.OMAX, cuda.TPB)`` outputs and
-    ``cuda.ACC·cuda.TPB`` parameters)
-    A step is two launches: :func:`fastlin.backends.cuda.step_partials`
+``"F"`` (row tiles; at most ``min(OMAX, TPB)`` outputs and
+    ``ACC·TPB`` parameters, see :mod:`.cuda_config`)
+    A step is two launches: :func:`fastlin.backends.cuda_rows.step_partials`
     reads X once (128-bit loads where the rows are 16-byte aligned) into
-    per-block partials, and :func:`fastlin.backends.cuda.step_update` (one
+    per-block partials, and :func:`fastlin.backends.cuda_rows.step_update` (one
     block) adds them with a fixed tree and applies the update.  Problems of the seed's size (``batch·O·D <= ONE_LAUNCH_WORK``)
     run a whole fit in one launch of one block
-    (:func:`fastlin.backends.cuda.fit_steps`).
+    (:func:`fastlin.backends.cuda_rows.fit_steps`).
 ``"G"`` (any shape)
     TS×TS shared-memory tiles: ``residual``, ``grad_partials``,
     ``update_check``, ``update_apply`` (four launches a step).
@@ -38,29 +38,17 @@ from .._dispatch import is_device_array
 from .._errors import DeviceError
 from .._validate import as_host_array, check_dtype_kind, check_not_requires_grad
 from . import cuda as K
+from . import cuda_config as config
+from . import cuda_device as dev
 from .abi import OK, ST_SIZE
 
 name = "cuda"
 
 SIMULATOR = bool(_cuda_config.ENABLE_CUDASIM)
 
-# Path F splits a batch into at most MAX_CHUNKS blocks of at least TPB rows:
-# 1024 is about two waves of the 4 resident blocks on each of an H200's 132
-# SMs, so that every SM has loads in flight while other blocks compute.  It
-# depends on the shape only, so results are reproducible.
-MAX_CHUNKS = 1024
-# A whole fit runs in one launch of one block while a step has at most this
-# many multiply-adds: below it the launch cost (~20 µs from Python) exceeds
-# the step's work.  The benchmarks (bench/) measure the real crossover.
-ONE_LAUNCH_WORK = 1 << 18
-# Path G: gradient splits over rows are added in a fixed order; enough
-# splits to fill the GPU, each at least MIN_SPLIT_ROWS rows.
-TARGET_BLOCKS = 512
-MIN_SPLIT_ROWS = 256
-# Tests may force the tiled plan G for every shape (FORCE_TILED), and
-# whether a fit runs in one launch (True, False; None: automatic).
-FORCE_TILED = False
-FORCE_ONE_LAUNCH = None
+# Every tuning knob (block sizes, chunk counts, the forced plans of the
+# tests) lives in cuda_config and is read there at each call, so that tests
+# can patch it.
 
 
 def _cdiv(a, b):
@@ -94,7 +82,11 @@ def n_params(n_out, n_in):
 
 def path_for(n_out, n_in):
     """The launch plan for a layer: "F" (row tiles) or "G" (TS×TS tiles)."""
-    if not FORCE_TILED and n_out <= min(K.OMAX, K.TPB) and n_params(n_out, n_in) <= K.ACC * K.TPB:
+    if (
+        not config.FORCE_TILED
+        and n_out <= min(config.OMAX, config.TPB)
+        and n_params(n_out, n_in) <= config.ACC * config.TPB
+    ):
         return "F"
     return "G"
 
@@ -110,23 +102,23 @@ def rows_aligned(X):
 
 def plan_chunks(n_rows):
     """Path F: ``(rows per block, blocks)`` for a batch of ``n_rows``."""
-    n_chunks = max(1, min(MAX_CHUNKS, _cdiv(n_rows, K.TPB)))
+    n_chunks = max(1, min(config.MAX_CHUNKS, _cdiv(n_rows, config.TPB)))
     chunk_rows = _cdiv(n_rows, n_chunks)
     return chunk_rows, _cdiv(n_rows, chunk_rows)
 
 
 def plan_splits(n_rows, n_out, n_in):
     """Path G: ``(rows per split, splits)`` of the gradient over a batch."""
-    tiles = _cdiv(n_out, K.TS) * _cdiv(n_in, K.TS)
-    splits = max(1, min(_cdiv(TARGET_BLOCKS, tiles), _cdiv(n_rows, MIN_SPLIT_ROWS)))
-    rows = _cdiv(_cdiv(n_rows, splits), K.TS) * K.TS
+    tiles = _cdiv(n_out, config.TS) * _cdiv(n_in, config.TS)
+    splits = max(1, min(_cdiv(config.TARGET_BLOCKS, tiles), _cdiv(n_rows, config.MIN_SPLIT_ROWS)))
+    rows = _cdiv(_cdiv(n_rows, splits), config.TS) * config.TS
     return rows, _cdiv(n_rows, rows)
 
 
 def row_groups(n_out, n_in):
     """Path F: how many row groups share the gradient phase of a tile."""
     n_el = n_params(n_out, n_in)
-    return K.TPB // n_el if n_el <= K.TPB else 1
+    return config.TPB // n_el if n_el <= config.TPB else 1
 
 
 # --------------------------------------------------------------------------
@@ -229,7 +221,7 @@ def as_input(a, name, dtype):
         return view  # the caller's shape check reports it
     out = _cuda.device_array(view.shape, dtype=dtype)
     kernel = K.cast_copy_1d if view.ndim == 1 else K.cast_copy_2d
-    _launch(kernel, min(MAX_CHUNKS, _cdiv(view.size, K.TPB)), K.TPB)(view, out)
+    _launch(kernel, min(config.MAX_CHUNKS, _cdiv(view.size, config.TPB)), config.TPB)(view, out)
     return out
 
 
@@ -265,7 +257,7 @@ def all_finite(a):
     flat = a.reshape(a.size) if a.ndim != 1 else a
     flag = _cuda.to_device(np.zeros(1, dtype=np.int32))
     if flat.size:
-        _launch(K.all_finite, min(MAX_CHUNKS, _cdiv(flat.size, K.TPB)), K.TPB)(flat, flag)
+        _launch(K.all_finite, min(config.MAX_CHUNKS, _cdiv(flat.size, config.TPB)), config.TPB)(flat, flag)
     return int(flag.copy_to_host()[0]) == 0
 
 
@@ -288,12 +280,12 @@ class _Static:
     position 0, no shuffle, no update."""
 
     def __init__(self, n_rows, n_out, n_in, has_bias):
-        self.state = _cuda.to_device(np.zeros(K.S_SIZE, dtype=np.int64))
-        cfg = np.zeros(K.C_SIZE, dtype=np.int64)
-        cfg[K.C_NROWS] = cfg[K.C_BATCH] = n_rows
-        cfg[K.C_HAS_BIAS] = int(has_bias)
+        self.state = _cuda.to_device(np.zeros(dev.S_SIZE, dtype=np.int64))
+        cfg = np.zeros(dev.C_SIZE, dtype=np.int64)
+        cfg[dev.C_NROWS] = cfg[dev.C_BATCH] = n_rows
+        cfg[dev.C_HAS_BIAS] = int(has_bias)
         self.split_rows, self.n_splits = plan_splits(n_rows, n_out, n_in)
-        cfg[K.C_KROWS] = self.split_rows
+        cfg[dev.C_KROWS] = self.split_rows
         self.cfg = _cuda.to_device(cfg)
         self.perm = _cuda.device_array(1, dtype=np.int64)
 
@@ -310,7 +302,7 @@ def _static(ws, n_rows, n_out, n_in, has_bias):
 # operations
 # --------------------------------------------------------------------------
 def _tiles2d(n_rows, n_out):
-    return (_cdiv(n_rows, K.TS), _cdiv(n_out, K.TS)), (K.TS, K.TS)
+    return (_cdiv(n_rows, config.TS), _cdiv(n_out, config.TS)), (config.TS, config.TS)
 
 
 def forward(W, b, has_bias, X):
@@ -324,9 +316,9 @@ def forward(W, b, has_bias, X):
 
 def sse(P, T):
     """Sum of squared differences of two (N, O) device arrays, as a float."""
-    n_blocks = max(1, min(MAX_CHUNKS, _cdiv(P.shape[0] * P.shape[1], K.TPB)))
+    n_blocks = max(1, min(config.MAX_CHUNKS, _cdiv(P.shape[0] * P.shape[1], config.TPB)))
     partial = _cuda.device_array(n_blocks, dtype=np.float64)
-    _launch(K.sse, n_blocks, K.TPB)(P, T, partial)
+    _launch(K.sse, n_blocks, config.TPB)(P, T, partial)
     return _host_sum(partial)
 
 
@@ -348,7 +340,7 @@ def _grad_g(W, b, has_bias, X, T, ws):
     loss_p = _scratch(ws, "loss_g", (grid[0] * grid[1],))
     part = _scratch(ws, "part_g", (st.n_splits * n_params(n_out, n_in),))
     _launch(K.residual, grid, block)(X, T, W, b, st.state, st.perm, st.cfg, R, loss_p)
-    ggrid = (_cdiv(n_in, K.TS), _cdiv(n_out, K.TS), st.n_splits)
+    ggrid = (_cdiv(n_in, config.TS), _cdiv(n_out, config.TS), st.n_splits)
     _launch(K.grad_partials, ggrid, block)(X, R, st.state, st.perm, st.cfg, part)
     return loss_p, part, st.n_splits
 
@@ -364,13 +356,15 @@ def mse_grad(W, b, has_bias, X, T, scale, ws, dtype=None):
         loss_p = _scratch(ws, "loss_f", (n_parts,))
         part = _scratch(ws, "part_f", (n_parts * n_el,))
         groups = row_groups(n_out, n_in)
-        _launch(K.mse_grad, n_parts, K.TPB)(X, T, W, b, has_bias, chunk_rows, groups, rows_aligned(X), loss_p, part)
+        _launch(K.mse_grad, n_parts, config.TPB)(
+            X, T, W, b, has_bias, chunk_rows, groups, rows_aligned(X), loss_p, part
+        )
     else:
         loss_p, part, n_parts = _grad_g(W, b, has_bias, X, T, ws)
     dtype = W.dtype if dtype is None else np.dtype(dtype)
     dW = _cuda.device_array((n_out, n_in), dtype=dtype)
     db = _cuda.device_array(n_out, dtype=dtype)
-    _launch(K.reduce_grad, _cdiv(n_el, K.TPB), K.TPB)(part, n_parts, float(scale), dW, db)
+    _launch(K.reduce_grad, _cdiv(n_el, config.TPB), config.TPB)(part, n_parts, float(scale), dW, db)
     return _host_sum(loss_p), dW, db
 
 
@@ -379,15 +373,15 @@ def backward(W, X, dY, ws):
     n_rows, n_in = X.shape
     n_out = W.shape[0]
     dX = _cuda.device_array((n_rows, n_in), dtype=W.dtype)
-    _launch(K.backward, _cdiv(n_rows * n_in, K.TPB), K.TPB)(dY, W, dX)
+    _launch(K.backward, _cdiv(n_rows * n_in, config.TPB), config.TPB)(dY, W, dX)
     st = _static(ws, n_rows, n_out, n_in, True)
     n_el = n_params(n_out, n_in)
     part = _scratch(ws, "part_g", (st.n_splits * n_el,))
-    ggrid = (_cdiv(n_in, K.TS), _cdiv(n_out, K.TS), st.n_splits)
-    _launch(K.grad_partials, ggrid, (K.TS, K.TS))(X, dY, st.state, st.perm, st.cfg, part)
+    ggrid = (_cdiv(n_in, config.TS), _cdiv(n_out, config.TS), st.n_splits)
+    _launch(K.grad_partials, ggrid, (config.TS, config.TS))(X, dY, st.state, st.perm, st.cfg, part)
     dW = _cuda.device_array((n_out, n_in), dtype=W.dtype)
     db = _cuda.device_array(n_out, dtype=W.dtype)
-    _launch(K.reduce_grad, _cdiv(n_el, K.TPB), K.TPB)(part, st.n_splits, 1.0, dW, db)
+    _launch(K.reduce_grad, _cdiv(n_el, config.TPB), config.TPB)(part, st.n_splits, 1.0, dW, db)
     return dX, dW, db
 
 
@@ -413,24 +407,24 @@ def sgd_update(W, b, has_bias, bufW, bufb, hp, flags, gW, gb, scale):
     grad[: n_out * n_in] = np.asarray(gW, dtype=np.float64).reshape(-1)
     grad[n_out * n_in :] = np.asarray(gb, dtype=np.float64)
     part = _cuda.to_device(grad)
-    host_state = np.zeros(K.S_SIZE, dtype=np.int64)
+    host_state = np.zeros(dev.S_SIZE, dtype=np.int64)
     host_state[:ST_SIZE] = flags[:ST_SIZE]
     state = _cuda.to_device(host_state)
-    cfg = np.zeros(K.C_SIZE, dtype=np.int64)
-    cfg[K.C_NROWS] = cfg[K.C_BATCH] = 1
-    cfg[K.C_HAS_BIAS] = int(has_bias)
+    cfg = np.zeros(dev.C_SIZE, dtype=np.int64)
+    cfg[dev.C_NROWS] = cfg[dev.C_BATCH] = 1
+    cfg[dev.C_HAS_BIAS] = int(has_bias)
     cfg = _cuda.to_device(cfg)
     scratch = _cuda.device_array(2 * n_el + 1, dtype=np.float64)
     no_loss = _cuda.device_array(1, dtype=np.float64)
     hp_d = _cuda.to_device(np.ascontiguousarray(hp, dtype=np.float64))
-    grid = _cdiv(n_el, K.TPB)
-    _launch(K.update_check, grid, K.TPB)(
+    grid = _cdiv(n_el, config.TPB)
+    _launch(K.update_check, grid, config.TPB)(
         W, b, bufW, bufb, hp_d, state, cfg, no_loss, 0, part, 1, scratch, float(scale), no_loss
     )
-    _launch(K.update_apply, grid, K.TPB)(W, b, bufW, bufb, hp_d, state, cfg, scratch, True)
+    _launch(K.update_apply, grid, config.TPB)(W, b, bufW, bufb, hp_d, state, cfg, scratch, True)
     state.copy_to_host(host_state)
     flags[:ST_SIZE] = host_state[:ST_SIZE]
-    return int(host_state[K.S_STATUS])
+    return int(host_state[dev.S_STATUS])
 
 
 class FitPlan:
@@ -449,24 +443,28 @@ class FitPlan:
         n_el = n_params(n_out, n_in)
         batch = self.batch_size
         self.perm = _cuda.device_array(n_rows if self.shuffle else 1, dtype=np.int64)
-        cfg = np.zeros(K.C_SIZE, dtype=np.int64)
-        cfg[K.C_NROWS] = n_rows
-        cfg[K.C_BATCH] = batch
-        cfg[K.C_SHUFFLE] = int(self.shuffle)
-        cfg[K.C_ADVANCE] = int(advance)
+        cfg = np.zeros(dev.C_SIZE, dtype=np.int64)
+        cfg[dev.C_NROWS] = n_rows
+        cfg[dev.C_BATCH] = batch
+        cfg[dev.C_SHUFFLE] = int(self.shuffle)
+        cfg[dev.C_ADVANCE] = int(advance)
         if self.path == "F":
-            one = batch * n_out * n_in <= ONE_LAUNCH_WORK if FORCE_ONE_LAUNCH is None else FORCE_ONE_LAUNCH
+            one = (
+                batch * n_out * n_in <= config.ONE_LAUNCH_WORK
+                if config.FORCE_ONE_LAUNCH is None
+                else config.FORCE_ONE_LAUNCH
+            )
             self.one_launch = bool(one)
-            cfg[K.C_GROUPS] = row_groups(n_out, n_in)
+            cfg[dev.C_GROUPS] = row_groups(n_out, n_in)
             if self.one_launch:
-                cfg[K.C_CHUNK] = batch
+                cfg[dev.C_CHUNK] = batch
                 self.work = _cuda.device_array(1 + 3 * n_el, dtype=np.float64)
             else:
-                cfg[K.C_CHUNK], self.n_chunks = plan_chunks(batch)
+                cfg[dev.C_CHUNK], self.n_chunks = plan_chunks(batch)
                 self.work = _cuda.device_array(self.n_chunks * (1 + n_el) + 2 * n_el, dtype=np.float64)
         else:
             self.one_launch = False
-            cfg[K.C_KROWS], self.n_splits = plan_splits(batch, n_out, n_in)
+            cfg[dev.C_KROWS], self.n_splits = plan_splits(batch, n_out, n_in)
             self.grid2, self.block2 = _tiles2d(batch, n_out)
             self.n_loss = self.grid2[0] * self.grid2[1]
             self.R = _cuda.device_array((batch, n_out), dtype=np.float64)
@@ -475,15 +473,15 @@ class FitPlan:
             self.scratch = _cuda.device_array(2 * n_el + 1, dtype=np.float64)
         self._cfg_host = cfg
         self.cfg = None  # uploaded by fit_steps, which knows has_bias and X
-        self.state = _cuda.device_array(K.S_SIZE, dtype=np.int64)
-        self._state_host = np.zeros(K.S_SIZE, dtype=np.int64)
+        self.state = _cuda.device_array(dev.S_SIZE, dtype=np.int64)
+        self._state_host = np.zeros(dev.S_SIZE, dtype=np.int64)
         self._hp_host = None
         self._hp = None
 
     def _upload(self, hp, has_bias, vec):
-        if self.cfg is None or self._cfg_host[K.C_HAS_BIAS] != int(has_bias) or self._cfg_host[K.C_VEC] != int(vec):
-            self._cfg_host[K.C_HAS_BIAS] = int(has_bias)
-            self._cfg_host[K.C_VEC] = int(vec)
+        if self.cfg is None or self._cfg_host[dev.C_HAS_BIAS] != int(has_bias) or self._cfg_host[dev.C_VEC] != int(vec):
+            self._cfg_host[dev.C_HAS_BIAS] = int(has_bias)
+            self._cfg_host[dev.C_VEC] = int(vec)
             self.cfg = _cuda.to_device(self._cfg_host)
         if self._hp_host is None or not np.array_equal(self._hp_host, hp):
             self._hp_host = np.array(hp, dtype=np.float64)
@@ -492,21 +490,23 @@ class FitPlan:
 
     def _launch_steps(self, k, X, T, W, b, bufW, bufb, hp, losses, flags):
         if self.one_launch:
-            _launch(K.fit_steps, 1, K.TPB)(
+            _launch(K.fit_steps, 1, config.TPB)(
                 X, T, W, b, bufW, bufb, hp, self.state, self.perm, self.cfg, self.seed, self.work, losses, k
             )
             return
         # Two (path F) or four (path G) launches a step, queued without
         # waiting; the host follows the batch position only to know when an
         # epoch starts, and kernels do nothing once a step has failed.
-        pos = int(flags[K.S_POS])
+        pos = int(flags[dev.S_POS])
         for _ in range(k):
             if self.shuffle and pos == 0:
                 # one thread per row: the order is drawn in parallel
-                _launch(K.shuffle_epoch, -(-self.perm.shape[0] // K.TPB), K.TPB)(self.seed, self.state, self.perm)
+                _launch(K.shuffle_epoch, -(-self.perm.shape[0] // config.TPB), config.TPB)(
+                    self.seed, self.state, self.perm
+                )
             if self.path == "F":
                 cfg = self._cfg_host
-                _launch(K.step_partials, self.n_chunks, K.TPB)(
+                _launch(K.step_partials, self.n_chunks, config.TPB)(
                     X,
                     T,
                     W,
@@ -515,13 +515,13 @@ class FitPlan:
                     self.perm,
                     self.cfg,
                     self.work,
-                    bool(cfg[K.C_HAS_BIAS]),
-                    bool(cfg[K.C_SHUFFLE]),
-                    int(cfg[K.C_GROUPS]),
-                    bool(cfg[K.C_VEC]),
-                    int(cfg[K.C_CHUNK]),
+                    bool(cfg[dev.C_HAS_BIAS]),
+                    bool(cfg[dev.C_SHUFFLE]),
+                    int(cfg[dev.C_GROUPS]),
+                    bool(cfg[dev.C_VEC]),
+                    int(cfg[dev.C_CHUNK]),
                 )
-                _launch(K.step_update, 1, K.TPB)(
+                _launch(K.step_update, 1, config.TPB)(
                     W, b, bufW, bufb, hp, self.state, self.cfg, self.work, self.n_chunks, losses
                 )
             else:
@@ -534,10 +534,10 @@ class FitPlan:
     def _step_g(self, X, T, W, b, bufW, bufb, hp, losses):
         n_el = n_params(self.n_out, self.n_in)
         _launch(K.residual, self.grid2, self.block2)(X, T, W, b, self.state, self.perm, self.cfg, self.R, self.loss_p)
-        ggrid = (_cdiv(self.n_in, K.TS), _cdiv(self.n_out, K.TS), self.n_splits)
+        ggrid = (_cdiv(self.n_in, config.TS), _cdiv(self.n_out, config.TS), self.n_splits)
         _launch(K.grad_partials, ggrid, self.block2)(X, self.R, self.state, self.perm, self.cfg, self.part)
-        grid = _cdiv(n_el, K.TPB)
-        _launch(K.update_check, grid, K.TPB)(
+        grid = _cdiv(n_el, config.TPB)
+        _launch(K.update_check, grid, config.TPB)(
             W,
             b,
             bufW,
@@ -553,7 +553,7 @@ class FitPlan:
             0.0,
             losses,
         )
-        _launch(K.update_apply, grid, K.TPB)(W, b, bufW, bufb, hp, self.state, self.cfg, self.scratch, False)
+        _launch(K.update_apply, grid, config.TPB)(W, b, bufW, bufb, hp, self.state, self.cfg, self.scratch, False)
 
 
 def fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed, dtype=None):
@@ -575,7 +575,7 @@ def fit_steps(W, b, has_bias, bufW, bufb, hp, flags, X, T, plan, losses):
     plan._launch_steps(k, X, T, W, b, bufW, bufb, hp_d, losses, flags)
     plan.state.copy_to_host(host)  # the one wait of the call
     flags[:ST_SIZE] = host[:ST_SIZE]
-    return int(host[K.S_DONE]), int(host[K.S_STATUS])
+    return int(host[dev.S_DONE]), int(host[dev.S_STATUS])
 
 
 def gram_sums(X, T, sample_weight=None, x_ref=None, t_ref=None):

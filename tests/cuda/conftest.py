@@ -68,15 +68,19 @@ def simulated():
 
 
 @pytest.fixture(params=["auto", "tiled"])
-def path(request, monkeypatch, cops):
+def path(request, monkeypatch):
     """Run a test with the automatic launch plan (row tiles, path F, for the
     small layers used here) and with the TS×TS tiled plan (path G) forced."""
-    monkeypatch.setattr(cops, "FORCE_TILED", request.param == "tiled")
+    from fastlin.backends import cuda_config
+
+    monkeypatch.setattr(cuda_config, "FORCE_TILED", request.param == "tiled")
     return request.param
 
 
 @pytest.fixture(params=["one-launch", "per-step"])
-def launches(request, monkeypatch, cops):
+def launches(request, monkeypatch):
     """Run a fit in one launch of one block, and as one launch per step."""
-    monkeypatch.setattr(cops, "FORCE_ONE_LAUNCH", request.param == "one-launch")
+    from fastlin.backends import cuda_config
+
+    monkeypatch.setattr(cuda_config, "FORCE_ONE_LAUNCH", request.param == "one-launch")
     return request.param

@@ -38,11 +38,15 @@ def dev(cops, *arrays):
     return [cops.from_host(a) for a in arrays]
 
 
-def test_geometry_runs_several_blocks(kernels, cops):
+def test_geometry_runs_several_blocks(cops):
     """The small blocks set in conftest.py are in force, so the shapes above
     exercise multi-block grids and the cross-block reductions."""
-    if (kernels.TPB, kernels.TS) != (16, 4):
-        pytest.skip(f"FASTLIN_CUDA_TPB/TILE were set to {kernels.TPB}/{kernels.TS} before conftest.py could pick 16/4")
+    from fastlin.backends import cuda_config
+
+    if (cuda_config.TPB, cuda_config.TS) != (16, 4):
+        pytest.skip(
+            f"FASTLIN_CUDA_TPB/TILE were set to {cuda_config.TPB}/{cuda_config.TS} before conftest.py could pick 16/4"
+        )
     assert cops.plan_chunks(37) == (13, 3)
     assert cops.row_groups(2, 3) == 2
     assert cops.path_for(17, 2) == "G"
@@ -336,11 +340,14 @@ def test_all_finite(cops, dtype):
 def test_epoch_permutation(cops, kernels, seed, epoch, n, blocks):
     """The device shuffle (one thread per row, or fewer threads than rows: the
     grid-stride loop) draws the CPU's order, and the documented one."""
-    state = np.zeros(kernels.S_SIZE, dtype=np.int64)
-    state[kernels.S_EPOCH] = epoch
+    from fastlin.backends import cuda_device
+    from fastlin.backends.cuda_config import TPB
+
+    state = np.zeros(cuda_device.S_SIZE, dtype=np.int64)
+    state[cuda_device.S_EPOCH] = epoch
     perm = cops.empty((n,), np.int64)
-    grid = -(-n // kernels.TPB) if blocks is None else blocks
-    cops._launch(kernels.shuffle_epoch, grid, kernels.TPB)(np.uint64(seed), cops.from_host(state), perm)
+    grid = -(-n // TPB) if blocks is None else blocks
+    cops._launch(kernels.shuffle_epoch, grid, TPB)(np.uint64(seed), cops.from_host(state), perm)
     expected = ref.epoch_permutation(seed, epoch, n)
     np.testing.assert_array_equal(to_host(perm), expected)
     cpu_perm = np.empty(n, dtype=np.int64)
@@ -351,9 +358,12 @@ def test_epoch_permutation(cops, kernels, seed, epoch, n, blocks):
 @pytest.mark.parametrize("field, value", [("S_POS", 5), ("S_STATUS", abi.NONFINITE_LOSS)])
 def test_shuffle_epoch_only_at_an_epoch_start(cops, kernels, field, value):
     """Mid-epoch, or after a failed step, the order is left alone."""
-    state = np.zeros(kernels.S_SIZE, dtype=np.int64)
-    state[getattr(kernels, field)] = value
+    from fastlin.backends import cuda_device
+    from fastlin.backends.cuda_config import TPB
+
+    state = np.zeros(cuda_device.S_SIZE, dtype=np.int64)
+    state[getattr(cuda_device, field)] = value
     before = np.arange(40, dtype=np.int64)[::-1].copy()
     perm = cops.from_host(before)
-    cops._launch(kernels.shuffle_epoch, 3, kernels.TPB)(np.uint64(3), cops.from_host(state), perm)
+    cops._launch(kernels.shuffle_epoch, 3, TPB)(np.uint64(3), cops.from_host(state), perm)
     np.testing.assert_array_equal(to_host(perm), before)
