@@ -185,12 +185,12 @@ else
 fi
 [[ -s "$WORK/compare/compare.json" ]] && cp "$WORK/compare/compare.json" "$OUT/compare.json"
 
-# 6. compute-sanitizer on a tiny fit (path F and G, shuffled) ----------------
+# 6. compute-sanitizer on a tiny fit (rows and tiled plans, shuffled) -------
 cat >"$WORK/tiny_fit.py" <<'EOF'
 import numpy as np
 import fastlin
 rng = np.random.default_rng(0)
-for n, d, o in ((37, 8, 1), (29, 5, 3), (13, 6, 17)):  # path F (128-bit loads), F, G
+for n, d, o in ((37, 8, 1), (29, 5, 3), (13, 6, 17)):  # rows (128-bit loads), rows, tiled
     X = rng.standard_normal((n, d)).astype(np.float32)
     T = rng.standard_normal((n, o)).astype(np.float32)
     m = fastlin.Linear(d, o, device="cuda", seed=0)

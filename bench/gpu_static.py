@@ -2,7 +2,7 @@
 
     python bench/gpu_static.py [--json PATH] [--cc 9.0]
 
-Compiles every kernel of :mod:`fastlin.backends.cuda` for float32 at the
+Compiles every kernel named in :mod:`fastlin.backends.cuda` for float32 at the
 launch configuration fastlin ships (``FASTLIN_CUDA_TPB``/``FASTLIN_CUDA_TILE``
 as set, default 256 threads and 16×16 tiles) to PTX with numba-cuda, then to
 a cubin with ``ptxas -v -arch=sm_90`` and disassembles it with ``nvdisasm``
@@ -20,7 +20,7 @@ each kernel it reports:
     SASS instruction counts (static: each instruction once, however often it
     runs); ``ldg128`` counts the 16-byte global loads (``LDG.E.128``);
 ``hot``
-    the kernel streams X on fastlin's hot paths (the row-streaming plan F:
+    the kernel streams X on fastlin's hot paths (the "rows" launch plan:
     tall, 2 ≤ O ≤ OMAX and the one-launch fit), where bandwidth decides.
 
 The kernels are compiled once for every ``in_features``: D is a run-time
@@ -154,9 +154,7 @@ def analyse(cc=(9, 0), dtype="float32", names=None):
         for name in names or K.KERNELS:
             kernel = getattr(K, name)
             bounds = getattr(kernel, "targetoptions", {}).get("launch_bounds")
-            ptx, _ = numba.cuda.compile_ptx(
-                kernel.py_func, f"void({', '.join(sigs[name])})", cc=cc, launch_bounds=bounds
-            )
+            ptx, _ = numba.cuda.compile_ptx(kernel.py_func, numba.types.void(*sigs[name]), cc=cc, launch_bounds=bounds)
             ptx_path = Path(tmp, f"{name}.ptx")
             cubin = Path(tmp, f"{name}.cubin")
             ptx_path.write_text(ptx)

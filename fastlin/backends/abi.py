@@ -68,6 +68,9 @@ HYPER = np.dtype(
         ("end_factor", np.float64),  # linear
         ("total_iters", np.int64),  # linear: steps to go from start to end
         ("power_t", np.float64),  # inverse scaling: lr / (k + 1) ** power_t
+        # a linear warm-up before any schedule (torch's SequentialLR of a LinearLR and the schedule)
+        ("warmup_steps", np.int64),  # 0: none; else steps 0..warmup_steps-1 warm up
+        ("warmup_start_factor", np.float64),  # the first warm-up step's fraction of lr
     ],
     align=True,
 )
@@ -92,8 +95,3 @@ CNT_DONE = 5  # steps completed by the queued kernels
 CNT_BAD = 6  # the two-kernel update found a value it must not write
 CNT_BAD_GRAD = 7  # ... and that value was a gradient (a NaN/Inf loss)
 CNT_DEVICE_SIZE = 8
-
-# TRANSITIONAL: the old unnamed layouts, still read by code being moved to
-# the names above in this change.  Deleted before it lands.
-ST_HAS_BUF, ST_EPOCH, ST_POS, ST_SIZE = 0, 1, 2, 3
-HP_LR, HP_MOMENTUM, HP_DAMPENING, HP_WEIGHT_DECAY, HP_NESTEROV, HP_SUM, HP_MAX, HP_SIZE = range(8)

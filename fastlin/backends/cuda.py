@@ -6,11 +6,11 @@ allocates, picks the launch configuration and launches.  The kernels live in
 one module per strategy:
 
 :mod:`.cuda_rows`
-    path F, row streaming (tall layers, few outputs): ``mse_grad``,
+    the "rows" plan, row streaming (tall layers, few outputs): ``mse_grad``,
     ``step_partials`` + ``step_update`` (a step), ``fit_steps`` (a whole
     small fit in one launch);
 :mod:`.cuda_tiled`
-    path G, TS×TS tiles (any shape): ``forward``, ``model_sse``,
+    the "tiled" plan, TS×TS tiles (any shape): ``forward``, ``model_sse``,
     ``residual``, ``grad_partials``, ``update_check`` / ``update_apply``;
 :mod:`.cuda_elementwise`
     ``reduce_grad``, ``backward``, ``sse``, ``all_finite``, ``cast_copy_*``;
@@ -39,22 +39,24 @@ Determinism
 
 from __future__ import annotations
 
+import numba
+from numba import types
+
+from .abi import HYPER
 from .cuda_elementwise import all_finite, backward, cast_copy_1d, cast_copy_2d, reduce_grad, sse
-from .cuda_rows import fit_steps, fused_step, mse_grad, step_partials, step_update
+from .cuda_rows import fit_steps, mse_grad, step_partials, step_update
 from .cuda_shuffle import counter_permutation, shuffle_epoch
-from .cuda_tiled import apply_update, forward, grad_partials, model_sse, residual, update_apply, update_check
+from .cuda_tiled import forward, grad_partials, model_sse, residual, update_apply, update_check
 
 __all__ = [
     "KERNELS",
     "all_finite",
-    "apply_update",
     "backward",
     "cast_copy_1d",
     "cast_copy_2d",
     "counter_permutation",
     "fit_steps",
     "forward",
-    "fused_step",
     "grad_partials",
     "launch_signatures",
     "model_sse",
@@ -71,31 +73,37 @@ __all__ = [
 
 
 def launch_signatures(dtype):
-    """Argument types of every kernel as cuda_ops launches it, for ``dtype``
-    ("float32" or "float64") data: what the compile checks
-    (tests/cuda/ptx_check.py, bench/gpu_static.py) compile without a GPU."""
-    f = dtype
-    a2, a1 = f"{f}[:, ::1]", f"{f}[::1]"
-    f1, i1, r2 = "float64[::1]", "int64[::1]", "float64[:, ::1]"
+    """Argument types (numba types) of every kernel as cuda_ops launches it,
+    for ``dtype`` ("float32" or "float64") data: what the compile checks
+    (tests/cuda/ptx_check.py, bench/gpu_static.py) compile without a GPU,
+    as ``numba.cuda.compile_ptx(kernel.py_func, types.void(*args))``."""
+    f = getattr(types, dtype)
+    a3, a2, a1 = types.Array(f, 3, "C"), types.Array(f, 2, "C"), types.Array(f, 1, "C")
+    f1, r2 = types.Array(types.float64, 1, "C"), types.Array(types.float64, 2, "C")
+    i1 = types.Array(types.int64, 1, "C")
+    h1 = types.Array(numba.from_dtype(HYPER), 1, "C")  # hyper: one abi.HYPER record
+    i8, u8, f8, b1 = types.int64, types.uint64, types.float64, types.boolean
+    # the optimiser's arguments: slots_w, slots_b, counters, hyper
+    opt = [a3, a2, i1, h1]
     return {
-        "forward": [a2, a2, a1, "boolean", a2],
+        "forward": [a2, a2, a1, b1, a2],
         "sse": [a2, a2, f1],
-        "model_sse": [a2, a2, a2, a1, "boolean", f1],
-        "mse_grad": [a2, a2, a2, a1, "boolean", "int64", "int64", "boolean", f1, f1],
+        "model_sse": [a2, a2, a2, a1, b1, f1],
+        "mse_grad": [a2, a2, a2, a1, b1, i8, i8, b1, f1, f1],
         "backward": [a2, a2, a2],
-        "step_partials": [a2, a2, a2, a1, i1, i1, i1, f1, "boolean", "boolean", "int64", "boolean", "int64"],
-        "step_update": [a2, a1, a2, a1, f1, i1, i1, f1, "int64", f1],
-        "fit_steps": [a2, a2, a2, a1, a2, a1, f1, i1, i1, i1, "uint64", f1, f1, "int64"],
-        "shuffle_epoch": ["uint64", i1, i1],
-        "counter_permutation": ["uint64", "int64", "int64", i1],
-        "residual": [a2, a2, a2, a1, i1, i1, i1, r2, f1],
+        "step_partials": [a2, a2, a2, a1, b1, i1, i1, i1, b1, i8, b1, i8, f1],
+        "step_update": [a2, a1, b1, *opt, b1, f8, i1, i8, f1, f1],
+        "fit_steps": [a2, a2, a2, a1, b1, *opt, b1, f8, i1, i1, u8, i8, f1, f1],
+        "shuffle_epoch": [i1, u8, i1],
+        "counter_permutation": [u8, i8, i8, i1],
+        "residual": [a2, a2, a2, a1, b1, i1, i1, i1, r2, f1],
         "grad_partials": [a2, r2, i1, i1, i1, f1],
-        "update_check": [a2, a1, a2, a1, f1, i1, i1, f1, "int64", f1, "int64", f1, "float64", f1],
-        "update_apply": [a2, a1, a2, a1, f1, i1, i1, f1, "boolean"],
-        "reduce_grad": [f1, "int64", "float64", a2, a1],
-        "all_finite": [a1, "int32[::1]"],
-        "cast_copy_1d": ["int64[:]", a1],
-        "cast_copy_2d": ["float64[:, :]", a2],
+        "update_check": [f1, i8, f1, i8, f8, a2, a1, b1, *opt, b1, f8, i1, f1, f1],
+        "update_apply": [a2, a1, b1, *opt, i1, b1, f1],
+        "reduce_grad": [f1, i8, f8, a2, a1],
+        "all_finite": [a1, types.Array(types.int32, 1, "C")],
+        "cast_copy_1d": [types.Array(types.int64, 1, "A"), a1],
+        "cast_copy_2d": [types.Array(types.float64, 2, "A"), a2],
     }
 
 

@@ -16,8 +16,8 @@ Caching
     cache entry is keyed by the source file, not by the values of ``TPB`` and
     ``TS`` baked into it, so other geometries always compile afresh.  (Nor
     by the modules a kernel's file imports -- this one, :mod:`.cuda_device`,
-    :mod:`.cuda_loads`, :mod:`.permute`: after editing those, clear the
-    cache.)
+    :mod:`.cuda_loads`, :mod:`.permute`, :mod:`.rules`, :mod:`.counters`:
+    after editing those, clear the cache.)
 
 Launch planning
     The knobs at the bottom are read by :mod:`.cuda_ops` at every call, so
@@ -58,19 +58,19 @@ TS_MAX = 16
 TPB = _env_pow2("FASTLIN_CUDA_TPB", 256, TPB_MAX)
 TS = _env_pow2("FASTLIN_CUDA_TILE", 16, TS_MAX)
 TS2 = TS * TS
-# Row-tile kernels (path "F"): at most min(OMAX, TPB) outputs and at most
+# Row-streaming kernels (the "rows" plan): at most min(OMAX, TPB) outputs and at most
 # ACC gradient elements per thread (float64 register accumulators), so that
 # W (E <= ACC·TPB elements with its padding) fits the shared WS_SIZE.  A
 # tile of at most TILE_ROWS rows (the float32 run length, as the CPU's
 # FLUSH_ROWS) with rows padded to D + 1 lives in XS_SIZE.  At TPB = 256 the
 # shared memory is 23.5 KB for float32 data, 44.5 KB for float64.  Larger
-# layers take the tiled path "G".
+# layers take the "tiled" plan.
 OMAX = 32
 ACC = 8
 TILE_ROWS = 64
 XS_SIZE = 12 * TPB
 WS_SIZE = ACC * TPB
-# The streaming kernels of path F promise ptxas TPB-thread blocks and 4
+# The streaming kernels of the rows plan promise ptxas TPB-thread blocks and 4
 # resident blocks per SM, which caps them at 64 registers: 50% occupancy
 # (bench/gpu_static.py checks that they do not spill).  numba's simulator
 # takes no launch bounds.
@@ -80,7 +80,7 @@ TEAM_MAX = min(32, TPB)
 TILE_SIZE = TS * (TS + 1)  # one padded TS×TS tile; the pad avoids bank conflicts
 CACHE = bool(_CACHE_ALLOWED and TPB == 256 and TS == 16)
 
-# Path F splits a batch into at most MAX_CHUNKS blocks of at least TPB rows:
+# The rows plan splits a batch into at most MAX_CHUNKS blocks of at least TPB rows:
 # 1024 is about two waves of the 4 resident blocks on each of an H200's 132
 # SMs, so that every SM has loads in flight while other blocks compute.  It
 # depends on the shape only, so results are reproducible.
@@ -89,11 +89,11 @@ MAX_CHUNKS = 1024
 # many multiply-adds: below it the launch cost (~20 µs from Python) exceeds
 # the step's work.  The benchmarks (bench/) measure the real crossover.
 ONE_LAUNCH_WORK = 1 << 18
-# Path G: gradient splits over rows are added in a fixed order; enough
+# The tiled plan: gradient splits over rows are added in a fixed order; enough
 # splits to fill the GPU, each at least MIN_SPLIT_ROWS rows.
 TARGET_BLOCKS = 512
 MIN_SPLIT_ROWS = 256
-# Tests may force the tiled plan G for every shape (FORCE_TILED), and
+# Tests may force the tiled plan for every shape (FORCE_TILED), and
 # whether a fit runs in one launch (True, False; None: automatic).
 FORCE_TILED = False
 FORCE_ONE_LAUNCH = None

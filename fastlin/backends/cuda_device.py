@@ -1,26 +1,34 @@
-"""Device helpers shared by the CUDA kernel modules, and the layouts of the
-int64 device vectors they read.
+"""Device helpers shared by the CUDA kernel modules, and the layout of the
+int64 plan vector they read.
 
 Shapes and conventions
     As in :mod:`cpu`: ``X`` (N, D), ``T`` (N, O), ``W`` (O, D), ``b`` (O,),
     C-contiguous, one float dtype.  A layer without bias passes a zero ``b``
     and ``has_bias`` False.  The parameters are numbered as one vector of
     ``E = O·D + O`` elements: element ``e < O·D`` is ``W[e // D, e % D]``,
-    element ``O·D + o`` is ``b[o]``.  Gradient partials use the same numbering.
+    element ``O·D + o`` is ``b[o]``.  Gradient partials use the same
+    numbering, and so do the optimiser's slots: slot ``j`` of element ``e``
+    is ``slots_w[j, o, d]`` or ``slots_b[j, o]``.
 
-Device state
-    ``state`` is a small int64 device vector: the host ``flags`` of
-    :mod:`.abi` (momentum-initialised, epoch, position) followed by
-    ``S_STATUS`` (the first non-OK status of a fit; later steps do nothing),
-    ``S_DONE`` (steps completed), ``S_COUNT`` (unused; kept so the layout stays) and the
-    ``S_BAD``/``S_BADGRAD`` flags of the two-kernel update.  A fit keeps it,
-    the losses and the shuffle order on the device and reads them back once.
+Training state
+    ``counters`` is the int64 device vector of :mod:`.abi`: the host's
+    ``CNT_SIZE`` counters (momentum initialised, epoch, position, steps)
+    followed by the device-only ``CNT_STATUS`` (the first non-OK status of a
+    queued fit; later steps do nothing), ``CNT_DONE`` (steps completed) and
+    the ``CNT_BAD``/``CNT_BAD_GRAD`` flags of the two-kernel update
+    (``CNT_DEVICE_SIZE`` in all).  A fit keeps it, the losses and the
+    shuffle order on the device and reads them back once.
 
-SGD
-    ``torch.optim.SGD``, element by element, in float64, as in :mod:`cpu`.
-    An update is first *checked* (every new parameter finite and within the
-    dtype's range), then written, so a step that would create NaN/Inf writes
-    nothing.
+The update
+    The optimiser's rule of :mod:`.rules` (``update_element`` with the
+    learning rate of ``scheduled_lr``), element by element, in float64, and
+    the step counting of :mod:`.counters`: the very functions the CPU
+    compiles, compiled here with ``cuda.jit(device=True)``.  An update is
+    first *checked* (the new parameter and every slot finite and within the
+    dtype's range ``limit``), then written, so a step that would create
+    NaN/Inf writes nothing.  The candidates wait in a float64 ``scratch`` of
+    ``(1 + k)·E + 1`` entries: new parameters (E), new slots (k·E), the loss
+    (1; the tiled update only).
 """
 
 from __future__ import annotations
@@ -28,40 +36,27 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .abi import (
-    HP_DAMPENING,
-    HP_LR,
-    HP_MAX,
-    HP_MOMENTUM,
-    HP_NESTEROV,
-    HP_WEIGHT_DECAY,
-    ST_EPOCH,
-    ST_HAS_BUF,
-    ST_POS,
-)
-
-# Device state vector (see "Device state" above).
-S_HAS_BUF = ST_HAS_BUF
-S_EPOCH = ST_EPOCH
-S_POS = ST_POS
-S_STATUS = 3
-S_DONE = 4
-S_COUNT = 5
-S_BAD = 6
-S_BADGRAD = 7
-S_SIZE = 8
+from . import counters as _counters
+from . import rules as _rules
+from .abi import RULE_SGD
 
 # ``cfg``: the int64 device vector that describes a fit plan.
 C_NROWS = 0  # rows of the data set
 C_BATCH = 1  # rows per batch
 C_SHUFFLE = 2  # 1: batch row k is data row perm[pos + k]
-C_HAS_BIAS = 3
-C_ADVANCE = 4  # 1: a step moves (epoch, pos) on, as a fit does; 0: a lone step
-C_CHUNK = 5  # path F: batch rows per block
-C_GROUPS = 6  # path F: row groups of the gradient phase (0: loss only)
-C_KROWS = 7  # path G: batch rows per split of the gradient
-C_VEC = 8  # path F: 1 when X's rows are 16-byte aligned (128-bit loads)
-C_SIZE = 9
+C_ADVANCE = 3  # 1: a step moves (epoch, pos) on, as a fit does; 0: a lone step
+C_CHUNK = 4  # row streaming: batch rows per block
+C_GROUPS = 5  # row streaming: row groups of the gradient phase (0: loss only)
+C_KROWS = 6  # tiled: batch rows per split of the gradient
+C_VEC = 7  # row streaming: 1 when X's rows are 16-byte aligned (128-bit loads)
+C_SIZE = 8
+
+# The shared scalar maths, compiled for the device from the plain Python
+# functions the CPU compiles (so both backends take the same steps).
+scheduled_lr = cuda.jit(device=True)(_rules.scheduled_lr)
+update_element = cuda.jit(device=True)(_rules.update_element)
+step_taken = cuda.jit(device=True)(_counters.step_taken)
+advance = cuda.jit(device=True)(_counters.advance)
 
 
 @cuda.jit(device=True)
@@ -107,52 +102,59 @@ def _store(W, b, e, od, n_in, value):
 
 
 @cuda.jit(device=True)
-def _sgd_value(p, g, buf, has_buf, hp):
-    """New (parameter, momentum buffer) for one element; all float64.
-    Twin of :func:`fastlin.backends.cpu._sgd_value`."""
-    momentum = hp[HP_MOMENTUM]
-    g = g + hp[HP_WEIGHT_DECAY] * p
-    if momentum != 0.0:
-        if has_buf:
-            buf = momentum * buf + (1.0 - hp[HP_DAMPENING]) * g
-        else:
-            buf = g
-        if hp[HP_NESTEROV] != 0.0:
-            g = g + momentum * buf
-        else:
-            g = buf
-    return p - hp[HP_LR] * g, buf
+def _slot(slots_w, slots_b, j, e, od, n_in):
+    """Slot ``j`` of parameter element ``e``, as float64."""
+    if e < od:
+        o = e // n_in
+        return np.float64(slots_w[j, o, e - o * n_in])
+    return np.float64(slots_b[j, e - od])
 
 
 @cuda.jit(device=True)
-def _new_value(W, b, bufW, bufb, hp, e, od, n_in, grad, has_buf, scratch, n_el):
-    """Compute the SGD update of element ``e`` into ``scratch`` (new value at
-    ``e``, new buffer at ``n_el + e``); returns True when it is acceptable:
-    the new value AND the new momentum buffer are finite and within the
-    dtype's range (abi.NONFINITE_UPDATE covers both)."""
-    buf = 0.0
-    if hp[HP_MOMENTUM] != 0.0 and has_buf:
-        buf = _param(bufW, bufb, e, od, n_in)
-    p, buf = _sgd_value(_param(W, b, e, od, n_in), grad, buf, has_buf, hp)
+def _store_slot(slots_w, slots_b, j, e, od, n_in, value):
+    """Write slot ``j`` of parameter element ``e`` (rounded to its dtype)."""
+    if e < od:
+        o = e // n_in
+        slots_w[j, o, e - o * n_in] = value
+    else:
+        slots_b[j, e - od] = value
+
+
+@cuda.jit(device=True)
+def uses_buffers(hp):
+    """The rule keeps momentum buffers that start empty (abi.CNT_HAS_BUF)."""
+    return hp["rule"] == RULE_SGD and hp["momentum"] != 0.0
+
+
+@cuda.jit(device=True)
+def _new_value(W, b, slots_w, slots_b, hp, lr, step, has_buf, limit, e, od, n_in, grad, scratch, n_el):
+    """Compute the update of element ``e`` into ``scratch`` (new value at
+    ``e``, new slot ``j`` at ``(1 + j)·E + e``); returns True when it is
+    acceptable: the new value AND every new slot finite and within
+    ``limit`` (abi.NONFINITE_UPDATE covers them all).  Slots ``j >= k``
+    are neither read (0.0 goes in) nor written."""
+    k = slots_w.shape[0]
+    s0 = _slot(slots_w, slots_b, 0, e, od, n_in) if k > 0 else 0.0
+    s1 = _slot(slots_w, slots_b, 1, e, od, n_in) if k > 1 else 0.0
+    s2 = _slot(slots_w, slots_b, 2, e, od, n_in) if k > 2 else 0.0
+    p, s0, s1, s2 = update_element(hp, lr, step, has_buf, _param(W, b, e, od, n_in), grad, s0, s1, s2)
     scratch[e] = p
-    scratch[n_el + e] = buf
-    limit = hp[HP_MAX]
-    return abs(p) <= limit and abs(buf) <= limit  # False for NaN too
+    ok = abs(p) <= limit  # False for NaN too
+    if k > 0:
+        scratch[n_el + e] = s0
+        ok = ok and abs(s0) <= limit
+    if k > 1:
+        scratch[2 * n_el + e] = s1
+        ok = ok and abs(s1) <= limit
+    if k > 2:
+        scratch[3 * n_el + e] = s2
+        ok = ok and abs(s2) <= limit
+    return ok
 
 
 @cuda.jit(device=True)
-def _write_value(W, b, bufW, bufb, hp, e, od, n_in, scratch, n_el):
+def _write_value(W, b, slots_w, slots_b, e, od, n_in, scratch, n_el):
     """Commit element ``e`` of a checked update from ``scratch``."""
     _store(W, b, e, od, n_in, scratch[e])
-    if hp[HP_MOMENTUM] != 0.0:
-        _store(bufW, bufb, e, od, n_in, scratch[n_el + e])
-
-
-@cuda.jit(device=True)
-def _advance(state, n, n_rows):
-    """A successful fit step: move (epoch, pos) past the batch just used."""
-    pos = state[S_POS] + n
-    if pos >= n_rows:
-        pos = 0
-        state[S_EPOCH] += 1
-    state[S_POS] = pos
+    for j in range(slots_w.shape[0]):
+        _store_slot(slots_w, slots_b, j, e, od, n_in, scratch[(1 + j) * n_el + e])

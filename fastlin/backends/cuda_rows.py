@@ -1,4 +1,4 @@
-"""Row-streaming CUDA kernels (path F): row tiles, X read once per step.
+"""Row-streaming CUDA kernels (the "rows" launch plan): row tiles, X read once per step.
 
 For layers of at most ``min(OMAX, TPB)`` outputs and ``ACC·TPB``
 parameters.  Each block streams a chunk of rows through shared memory
@@ -23,25 +23,22 @@ import math
 import numpy as np
 from numba import cuda
 
-from .abi import HP_MOMENTUM, HP_SUM, NONFINITE_LOSS, NONFINITE_UPDATE, OK
+from .abi import CNT_DONE, CNT_EPOCH, CNT_HAS_BUF, CNT_POS, CNT_STATUS, CNT_STEP, NONFINITE_LOSS, NONFINITE_UPDATE, OK
 from .cuda_config import ACC, CACHE, ROWS_BOUNDS, TEAM_MAX, TILE_ROWS, TPB, WS_SIZE, XS_SIZE
 from .cuda_device import (
     C_ADVANCE,
     C_BATCH,
     C_GROUPS,
-    C_HAS_BIAS,
     C_NROWS,
     C_SHUFFLE,
     C_VEC,
-    S_DONE,
-    S_EPOCH,
-    S_HAS_BUF,
-    S_POS,
-    S_STATUS,
-    _advance,
     _block_sum,
     _new_value,
     _write_value,
+    advance,
+    scheduled_lr,
+    step_taken,
+    uses_buffers,
 )
 from .cuda_loads import copy16, vec_width
 from .cuda_shuffle import _half_bits, epoch_permutation
@@ -228,9 +225,27 @@ def _team_size(n_parts, n_upd):
 
 
 @cuda.jit(device=True)
-def _finish_step(W, b, bufW, bufb, hp, state, cfg, loss_p, part, n_parts, scratch, n, losses, red):
-    """Block level: add the partials, check the SGD update, write it (or
-    nothing), and record the loss and status in ``state``.
+def _finish_step(
+    W,
+    b,
+    has_bias,
+    slots_w,
+    slots_b,
+    counters,
+    hp,
+    reduce_sum,
+    limit,
+    cfg,
+    loss_p,
+    part,
+    n_parts,
+    n,
+    scratch,
+    losses,
+    red,
+):
+    """Block level: add the partials, check the update, write it (or
+    nothing), and record the loss and status in ``counters``.
 
     Called by :func:`step_update` and by every step of
     :func:`fit_steps`.  Each element's ``n_parts`` partials are added by a
@@ -242,19 +257,20 @@ def _finish_step(W, b, bufW, bufb, hp, state, cfg, loss_p, part, n_parts, scratc
     n_out, n_in = W.shape
     od = n_out * n_in
     n_el = od + n_out
-    has_bias = cfg[C_HAS_BIAS] != 0
     n_upd = n_el if has_bias else od
     s = 0.0
     for c in range(t, n_parts, TPB):
         s += loss_p[c]
     sse = _block_sum(s, red, TPB)
-    if hp[HP_SUM] != 0.0:
+    if reduce_sum:
         loss = sse
         scale = 2.0
     else:
         loss = sse / (n * n_out)
         scale = 2.0 / (n * n_out)
-    has_buf = state[S_HAS_BUF] != 0
+    step = counters[CNT_STEP]
+    lr = scheduled_lr(hp, step)
+    has_buf = counters[CNT_HAS_BUF] != 0
     bad = 0
     tm = _team_size(n_parts, n_upd)
     per_round = TPB // tm
@@ -280,7 +296,9 @@ def _finish_step(W, b, bufW, bufb, hp, state, cfg, loss_p, part, n_parts, scratc
         if (
             m == 0
             and e < n_upd
-            and not _new_value(W, b, bufW, bufb, hp, e, od, n_in, scale * grad, has_buf, scratch, n_el)
+            and not _new_value(
+                W, b, slots_w, slots_b, hp, lr, step, has_buf, limit, e, od, n_in, scale * grad, scratch, n_el
+            )
         ):
             bad = 1
     any_bad = cuda.syncthreads_or(bad)
@@ -292,24 +310,23 @@ def _finish_step(W, b, bufW, bufb, hp, state, cfg, loss_p, part, n_parts, scratc
         status = OK
     if status == OK:
         for e in range(t, n_upd, TPB):
-            _write_value(W, b, bufW, bufb, hp, e, od, n_in, scratch, n_el)
+            _write_value(W, b, slots_w, slots_b, e, od, n_in, scratch, n_el)
     if t == 0:
-        losses[state[S_DONE]] = loss
+        losses[counters[CNT_DONE]] = loss
         if status == OK:
-            if hp[HP_MOMENTUM] != 0.0:
-                state[S_HAS_BUF] = 1
+            step_taken(counters, uses_buffers(hp))
             if cfg[C_ADVANCE] != 0:
-                _advance(state, n, cfg[C_NROWS])
-            state[S_DONE] += 1
+                advance(counters, n, cfg[C_NROWS])
+            counters[CNT_DONE] += 1
         else:
-            state[S_STATUS] = status
-    cuda.syncthreads()  # the next step (fit_steps) reads state
+            counters[CNT_STATUS] = status
+    cuda.syncthreads()  # the next step (fit_steps) reads counters
     return status
 
 
 @cuda.jit(cache=CACHE, **ROWS_BOUNDS)
 def mse_grad(X, T, W, b, has_bias, chunk_rows, groups, vec, loss_p, part):
-    """Partial MSE sums of chunk ``blockIdx.x`` (path F; see
+    """Partial MSE sums of chunk ``blockIdx.x`` (row streaming; see
     :func:`_rows_partials`).  Grid: one block of TPB threads per chunk of
     ``chunk_rows`` rows.  ``loss_p`` float64 (C,), ``part`` float64 (C·E,);
     :func:`reduce_grad` adds them up.  ``groups == 0``: loss only; ``vec``:
@@ -329,29 +346,30 @@ def mse_grad(X, T, W, b, has_bias, chunk_rows, groups, vec, loss_p, part):
 
 
 @cuda.jit(cache=CACHE, **ROWS_BOUNDS)
-def step_partials(X, T, W, b, state, perm, cfg, work, has_bias, shuffle, groups, vec, chunk_rows):
-    """First kernel of an SGD step on the current batch (path F): the partials.
+def step_partials(X, T, W, b, has_bias, counters, cfg, perm, shuffle, groups, vec, chunk_rows, work):
+    """First kernel of a row-streaming step on the current batch: the partials.
 
     Grid: one block of TPB threads per chunk of ``chunk_rows`` batch rows;
     block ``c`` writes its loss and gradient partials (see
     :func:`_rows_partials`) into ``work`` = [loss_p (C) | part (C·E) |
-    scratch (2E)].  The batch is rows ``pos..pos+n`` of the (shuffled, via
-    ``perm``) data, ``pos = state[S_POS]``.  Does nothing once
-    ``state[S_STATUS]`` is not OK, so a fit can queue its steps without
+    scratch]. The batch is rows ``pos..pos+n`` of the (shuffled, via
+    ``perm``) data, ``pos = counters[CNT_POS]``.  Does nothing once
+    ``counters[CNT_STATUS]`` is not OK, so a fit can queue its steps without
     waiting for each.  :func:`step_update` follows it.  The plan's fixed
-    settings come as scalars (``cfg``'s C_HAS_BIAS, C_SHUFFLE, C_GROUPS,
-    C_VEC, C_CHUNK): values read from memory would stay in registers across
-    the row loop, and the kernel would spill.
+    settings come as scalars (``shuffle``, ``groups``, ``vec``,
+    ``chunk_rows``: ``cfg``'s C_SHUFFLE, C_GROUPS, C_VEC, C_CHUNK): values
+    read from memory would stay in registers across the row loop, and the
+    kernel would spill.
     """
     xs = cuda.shared.array(XS_SIZE, X.dtype)
     ws = cuda.shared.array(WS_SIZE, X.dtype)
     rs = cuda.shared.array(TPB, X.dtype)
     ridx = cuda.shared.array(TILE_ROWS, np.int64)
     red = cuda.shared.array(TPB, np.float64)
-    if state[S_STATUS] != OK:
+    if counters[CNT_STATUS] != OK:
         return
     c = cuda.blockIdx.x
-    pos = state[S_POS]
+    pos = counters[CNT_POS]
     n = min(cfg[C_BATCH], cfg[C_NROWS] - pos)
     lo = c * chunk_rows
     hi = min(lo + chunk_rows, n)  # a short last batch leaves late chunks empty (zeros)
@@ -382,11 +400,13 @@ def step_partials(X, T, W, b, state, perm, cfg, work, has_bias, shuffle, groups,
 
 
 @cuda.jit(cache=CACHE)
-def step_update(W, b, bufW, bufb, hp, state, cfg, work, n_chunks, losses):
-    """Second kernel of a path-F step, ONE block of TPB threads: add the
-    ``n_chunks`` partials of :func:`step_partials` (:func:`_finish_step`: a
-    fixed tree per element), check and apply the update, and record the
-    loss in ``losses[state[S_DONE]]`` and the status in ``state``.
+def step_update(W, b, has_bias, slots_w, slots_b, counters, hyper, reduce_sum, limit, cfg, n_chunks, work, losses):
+    """Second kernel of a row-streaming step, ONE block of TPB threads: add
+    the ``n_chunks`` partials of :func:`step_partials` (:func:`_finish_step`:
+    a fixed tree per element), check and apply the update of ``hyper[0]``'s
+    rule, and record the loss in ``losses[counters[CNT_DONE]]`` and the
+    status in ``counters``.  ``work`` = [loss_p (C) | part (C·E) | scratch
+    ((1 + k)·E)].
 
     A kernel of its own rather than the last block of the first: the
     kernel boundary orders the partials before their reader (no fence, no
@@ -394,30 +414,45 @@ def step_update(W, b, bufW, bufb, hp, state, cfg, work, n_chunks, losses):
     occupancy (with the update inside it, ptxas spilled).
     """
     red = cuda.shared.array(TPB, np.float64)
-    if state[S_STATUS] != OK:
+    if counters[CNT_STATUS] != OK:
         return
     n_el = W.shape[0] * W.shape[1] + W.shape[0]
-    n = min(cfg[C_BATCH], cfg[C_NROWS] - state[S_POS])
+    n = min(cfg[C_BATCH], cfg[C_NROWS] - counters[CNT_POS])
     loss_p = work[0:n_chunks]
     part = work[n_chunks : n_chunks + n_chunks * n_el]
-    scratch = work[n_chunks + n_chunks * n_el : n_chunks + (n_chunks + 2) * n_el]
-    _finish_step(W, b, bufW, bufb, hp, state, cfg, loss_p, part, n_chunks, scratch, n, losses, red)
-
-
-# ``fused_step`` is the CPU name of a whole SGD step; on the GPU (path F) it
-# is these two launches.
-fused_step = (step_partials, step_update)
+    scratch = work[n_chunks + n_chunks * n_el :]
+    _finish_step(
+        W,
+        b,
+        has_bias,
+        slots_w,
+        slots_b,
+        counters,
+        hyper[0],
+        reduce_sum,
+        limit,
+        cfg,
+        loss_p,
+        part,
+        n_chunks,
+        n,
+        scratch,
+        losses,
+        red,
+    )
 
 
 @cuda.jit(cache=CACHE)
-def fit_steps(X, T, W, b, bufW, bufb, hp, state, perm, cfg, seed, work, losses, n_steps):
-    """``n_steps`` SGD steps in ONE launch of ONE block (small problems).
+def fit_steps(
+    X, T, W, b, has_bias, slots_w, slots_b, counters, hyper, reduce_sum, limit, cfg, perm, seed, n_steps, work, losses
+):
+    """``n_steps`` optimiser steps in ONE launch of ONE block (small problems).
 
     Twin of :func:`fastlin.backends.cpu.fit_steps`: batches of
     ``cfg[C_BATCH]`` rows walk through the data; with ``cfg[C_SHUFFLE]``
     the block's threads draw each epoch's order with :func:`epoch_permutation`.
-    ``work`` = [loss_p (1) | part (E) | scratch (2E)].  Stops at the first
-    non-OK status (recorded in ``state``).
+    ``work`` = [loss_p (1) | part (E) | scratch ((1 + k)·E)].  Stops at the
+    first non-OK status (recorded in ``counters``).
     """
     xs = cuda.shared.array(XS_SIZE, X.dtype)
     ws = cuda.shared.array(WS_SIZE, X.dtype)
@@ -429,17 +464,17 @@ def fit_steps(X, T, W, b, bufW, bufb, hp, state, perm, cfg, seed, work, losses, 
     n_el = n_out * n_in + n_out
     loss_p = work[0:1]
     part = work[1 : 1 + n_el]
-    scratch = work[1 + n_el : 1 + 3 * n_el]
+    scratch = work[1 + n_el :]
     n_rows = cfg[C_NROWS]
     shuffle = cfg[C_SHUFFLE] != 0
     for _ in range(n_steps):
-        if state[S_STATUS] != OK:
+        if counters[CNT_STATUS] != OK:
             return
-        pos = state[S_POS]
+        pos = counters[CNT_POS]
         if shuffle and pos == 0:
             # the block's threads draw the order together (every thread
             # reads the same pos, so all of them reach the barrier)
-            epoch_permutation(seed, state[S_EPOCH], _half_bits(n_rows), perm, t, TPB)
+            epoch_permutation(seed, counters[CNT_EPOCH], _half_bits(n_rows), perm, t, TPB)
             cuda.syncthreads()
         n = min(cfg[C_BATCH], n_rows - pos)
         _rows_partials(
@@ -447,7 +482,7 @@ def fit_steps(X, T, W, b, bufW, bufb, hp, state, perm, cfg, seed, work, losses, 
             T,
             W,
             b,
-            cfg[C_HAS_BIAS] != 0,
+            has_bias,
             perm,
             shuffle,
             pos,
@@ -467,4 +502,22 @@ def fit_steps(X, T, W, b, bufW, bufb, hp, state, perm, cfg, seed, work, losses, 
             red,
         )
         cuda.syncthreads()
-        _finish_step(W, b, bufW, bufb, hp, state, cfg, loss_p, part, 1, scratch, n, losses, red)
+        _finish_step(
+            W,
+            b,
+            has_bias,
+            slots_w,
+            slots_b,
+            counters,
+            hyper[0],
+            reduce_sum,
+            limit,
+            cfg,
+            loss_p,
+            part,
+            1,
+            n,
+            scratch,
+            losses,
+            red,
+        )

@@ -8,9 +8,8 @@ from __future__ import annotations
 from numba import cuda
 
 from . import permute as _permute
-from .abi import OK
+from .abi import CNT_EPOCH, CNT_POS, CNT_STATUS, OK
 from .cuda_config import CACHE
-from .cuda_device import S_EPOCH, S_POS, S_STATUS
 
 _half_bits = cuda.jit(device=True)(_permute.half_bits)
 _round_key = cuda.jit(device=True)(_permute.round_key)
@@ -50,9 +49,9 @@ def counter_permutation(seed, epoch, h, perm):
 
 
 @cuda.jit(cache=CACHE)
-def shuffle_epoch(seed, state, perm):
+def shuffle_epoch(counters, seed, perm):
     """Draw this epoch's row order when a fit is at the start of an epoch
     (launched by the host before such steps of a multi-launch fit): one
     thread per row, in as many blocks as needed (grid-stride beyond that)."""
-    if state[S_STATUS] == OK and state[S_POS] == 0:
-        epoch_permutation(seed, state[S_EPOCH], _half_bits(perm.shape[0]), perm, cuda.grid(1), cuda.gridsize(1))
+    if counters[CNT_STATUS] == OK and counters[CNT_POS] == 0:
+        epoch_permutation(seed, counters[CNT_EPOCH], _half_bits(perm.shape[0]), perm, cuda.grid(1), cuda.gridsize(1))

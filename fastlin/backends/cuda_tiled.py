@@ -1,4 +1,4 @@
-"""Tiled CUDA kernels (path G): TS×TS shared-memory tiles, any shape.
+"""Tiled CUDA kernels (the "tiled" launch plan): TS×TS shared-memory tiles, any shape.
 
 A step is four launches: :func:`residual`, :func:`grad_partials`,
 :func:`update_check`, :func:`update_apply`; the last two also apply a
@@ -17,25 +17,32 @@ import math
 import numpy as np
 from numba import cuda
 
-from .abi import HP_MOMENTUM, HP_SUM, NONFINITE_LOSS, NONFINITE_UPDATE, OK
+from .abi import (
+    CNT_BAD,
+    CNT_BAD_GRAD,
+    CNT_DONE,
+    CNT_HAS_BUF,
+    CNT_POS,
+    CNT_STATUS,
+    CNT_STEP,
+    NONFINITE_LOSS,
+    NONFINITE_UPDATE,
+    OK,
+)
 from .cuda_config import CACHE, TILE_SIZE, TPB, TS, TS2
 from .cuda_device import (
     C_ADVANCE,
     C_BATCH,
-    C_HAS_BIAS,
     C_KROWS,
     C_NROWS,
     C_SHUFFLE,
-    S_BAD,
-    S_BADGRAD,
-    S_DONE,
-    S_HAS_BUF,
-    S_POS,
-    S_STATUS,
-    _advance,
     _block_sum,
     _new_value,
     _write_value,
+    advance,
+    scheduled_lr,
+    step_taken,
+    uses_buffers,
 )
 
 
@@ -118,8 +125,8 @@ def model_sse(X, T, W, b, has_bias, loss_p):
 
 
 @cuda.jit(cache=CACHE)
-def residual(X, T, W, b, state, perm, cfg, R, loss_p):
-    """Path G, first kernel of a step: ``R[k, o] = x·Wᵀ + b − t`` (float64)
+def residual(X, T, W, b, has_bias, counters, cfg, perm, R, loss_p):
+    """First kernel of a tiled step: ``R[k, o] = x·Wᵀ + b − t`` (float64)
     for the batch rows, and per-block partials of ``Σ R²`` into ``loss_p``
     (one per block, row-major over the grid).
 
@@ -129,22 +136,22 @@ def residual(X, T, W, b, state, perm, cfg, R, loss_p):
     xs = cuda.shared.array(TILE_SIZE, np.float64)
     ws = cuda.shared.array(TILE_SIZE, np.float64)
     red = cuda.shared.array(TS2, np.float64)
-    if state[S_STATUS] != OK:
+    if counters[CNT_STATUS] != OK:
         return
-    pos = state[S_POS]
+    pos = counters[CNT_POS]
     n = min(cfg[C_BATCH], cfg[C_NROWS] - pos)
     shuffle = cfg[C_SHUFFLE] != 0
     first = cuda.blockIdx.x == 0 and cuda.blockIdx.y == 0 and cuda.threadIdx.x == 0 and cuda.threadIdx.y == 0
     if first:
-        state[S_BAD] = 0
-        state[S_BADGRAD] = 0
+        counters[CNT_BAD] = 0
+        counters[CNT_BAD_GRAD] = 0
     acc = _xw_tile(X, W, perm, shuffle, pos, n, xs, ws)
     k = cuda.blockIdx.x * TS + cuda.threadIdx.y
     o = cuda.blockIdx.y * TS + cuda.threadIdx.x
     r2 = 0.0
     if k < n and o < W.shape[0]:
         i = perm[pos + k] if shuffle else pos + k
-        if cfg[C_HAS_BIAS] != 0:
+        if has_bias:
             acc += b[o]
         r = acc - T[i, o]
         R[k, o] = r
@@ -155,8 +162,8 @@ def residual(X, T, W, b, state, perm, cfg, R, loss_p):
 
 
 @cuda.jit(cache=CACHE)
-def grad_partials(X, R, state, perm, cfg, part):
-    """Path G: ``part[s, o·D + d] = Σ_k R[k, o] · X[row(k), d]`` and
+def grad_partials(X, R, counters, cfg, perm, part):
+    """Tiled: ``part[s, o·D + d] = Σ_k R[k, o] · X[row(k), d]`` and
     ``part[s, O·D + o] = Σ_k R[k, o]`` over the batch rows of split ``s``.
 
     ``R`` (batch, O) is the residual (any float dtype: backward passes dY).
@@ -165,7 +172,7 @@ def grad_partials(X, R, state, perm, cfg, part):
     """
     rt = cuda.shared.array(TILE_SIZE, np.float64)
     xt = cuda.shared.array(TILE_SIZE, np.float64)
-    if state[S_STATUS] != OK:
+    if counters[CNT_STATUS] != OK:
         return
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
@@ -173,7 +180,7 @@ def grad_partials(X, R, state, perm, cfg, part):
     n_in = X.shape[1]
     od = n_out * n_in
     n_el = od + n_out
-    pos = state[S_POS]
+    pos = counters[CNT_POS]
     n = min(cfg[C_BATCH], cfg[C_NROWS] - pos)
     shuffle = cfg[C_SHUFFLE] != 0
     d0 = cuda.blockIdx.x * TS
@@ -211,12 +218,30 @@ def grad_partials(X, R, state, perm, cfg, part):
 
 
 @cuda.jit(cache=CACHE)
-def update_check(W, b, bufW, bufb, hp, state, cfg, loss_p, n_loss, part, n_parts, scratch, fixed_scale, losses):
-    """Path G and :func:`apply_update`, first half: add the gradient partials
-    (``part``, n_parts × E, in order), compute every new parameter into
-    ``scratch`` [new values (E) | new buffers (E) | sse (1)] and flag
-    ``state[S_BAD]`` if one is not acceptable (``state[S_BADGRAD]`` if a
-    gradient is NaN/Inf).
+def update_check(
+    loss_p,
+    n_loss,
+    part,
+    n_parts,
+    fixed_scale,
+    W,
+    b,
+    has_bias,
+    slots_w,
+    slots_b,
+    counters,
+    hyper,
+    reduce_sum,
+    limit,
+    cfg,
+    scratch,
+    losses,
+):
+    """The tiled step and :func:`fastlin.backends.cuda_ops.apply_update`,
+    first half: add the gradient partials (``part``, n_parts × E, in order),
+    compute every new parameter and slot into ``scratch`` [new values (E) |
+    new slots (k·E) | sse (1)] and flag ``counters[CNT_BAD]`` if one is not
+    acceptable (``counters[CNT_BAD_GRAD]`` if a gradient is NaN/Inf).
 
     ``fixed_scale > 0`` scales the gradient by it (a gradient given by the
     user); otherwise by the MSE factor of the current batch.  Block 0 also
@@ -224,16 +249,18 @@ def update_check(W, b, bufW, bufb, hp, state, cfg, loss_p, n_loss, part, n_parts
     a user's gradient).  1-D grid over E.
     """
     red = cuda.shared.array(TPB, np.float64)
-    if state[S_STATUS] != OK:
+    if counters[CNT_STATUS] != OK:
         return
+    hp = hyper[0]
     n_out, n_in = W.shape
     od = n_out * n_in
     n_el = od + n_out
-    n_upd = n_el if cfg[C_HAS_BIAS] != 0 else od
-    n = min(cfg[C_BATCH], cfg[C_NROWS] - state[S_POS])
+    n_upd = n_el if has_bias else od
+    n_sse = (1 + slots_w.shape[0]) * n_el
+    n = min(cfg[C_BATCH], cfg[C_NROWS] - counters[CNT_POS])
     if fixed_scale > 0.0:
         scale = fixed_scale
-    elif hp[HP_SUM] != 0.0:
+    elif reduce_sum:
         scale = 2.0
     else:
         scale = 2.0 / (n * n_out)
@@ -243,54 +270,53 @@ def update_check(W, b, bufW, bufb, hp, state, cfg, loss_p, n_loss, part, n_parts
             s += loss_p[c]
         sse = _block_sum(s, red, TPB)
         if cuda.threadIdx.x == 0:
-            scratch[2 * n_el] = sse
+            scratch[n_sse] = sse
             if n_loss > 0:
-                losses[state[S_DONE]] = sse if hp[HP_SUM] != 0.0 else sse / (n * n_out)
+                losses[counters[CNT_DONE]] = sse if reduce_sum else sse / (n * n_out)
     e = cuda.grid(1)
     if e < n_upd:
         grad = 0.0
         for c in range(n_parts):
             grad += part[c * n_el + e]
         if not math.isfinite(grad):
-            state[S_BADGRAD] = 1
-        if not _new_value(W, b, bufW, bufb, hp, e, od, n_in, scale * grad, state[S_HAS_BUF] != 0, scratch, n_el):
-            state[S_BAD] = 1
+            counters[CNT_BAD_GRAD] = 1
+        step = counters[CNT_STEP]
+        has_buf = counters[CNT_HAS_BUF] != 0
+        lr = scheduled_lr(hp, step)
+        if not _new_value(
+            W, b, slots_w, slots_b, hp, lr, step, has_buf, limit, e, od, n_in, scale * grad, scratch, n_el
+        ):
+            counters[CNT_BAD] = 1
 
 
 @cuda.jit(cache=CACHE)
-def update_apply(W, b, bufW, bufb, hp, state, cfg, scratch, grad_is_loss):
+def update_apply(W, b, has_bias, slots_w, slots_b, counters, hyper, cfg, grad_is_loss, scratch):
     """Second half: decide the status (NaN/Inf loss — or, with
     ``grad_is_loss``, a NaN/Inf gradient — first, then an unacceptable
-    update), write the checked update when OK, and record the status.
-    1-D grid over E.  Nothing reads what thread 0 changes in ``state`` here
-    except later launches.
+    update), write the checked update when OK, and record the status and
+    the step in ``counters``.  1-D grid over E.  Nothing reads what thread
+    0 changes in ``counters`` here except later launches.
     """
-    if state[S_STATUS] != OK:
+    if counters[CNT_STATUS] != OK:
         return
     n_out, n_in = W.shape
     od = n_out * n_in
     n_el = od + n_out
-    n_upd = n_el if cfg[C_HAS_BIAS] != 0 else od
-    if not math.isfinite(scratch[2 * n_el]) or (grad_is_loss and state[S_BADGRAD] != 0):
+    n_upd = n_el if has_bias else od
+    if not math.isfinite(scratch[(1 + slots_w.shape[0]) * n_el]) or (grad_is_loss and counters[CNT_BAD_GRAD] != 0):
         status = NONFINITE_LOSS
-    elif state[S_BAD] != 0:
+    elif counters[CNT_BAD] != 0:
         status = NONFINITE_UPDATE
     else:
         status = OK
     e = cuda.grid(1)
     if status == OK and e < n_upd:
-        _write_value(W, b, bufW, bufb, hp, e, od, n_in, scratch, n_el)
+        _write_value(W, b, slots_w, slots_b, e, od, n_in, scratch, n_el)
     if e == 0:
         if status == OK:
-            if hp[HP_MOMENTUM] != 0.0:
-                state[S_HAS_BUF] = 1
+            step_taken(counters, uses_buffers(hyper[0]))
             if cfg[C_ADVANCE] != 0:
-                _advance(state, min(cfg[C_BATCH], cfg[C_NROWS] - state[S_POS]), cfg[C_NROWS])
-            state[S_DONE] += 1
+                advance(counters, min(cfg[C_BATCH], cfg[C_NROWS] - counters[CNT_POS]), cfg[C_NROWS])
+            counters[CNT_DONE] += 1
         else:
-            state[S_STATUS] = status
-
-
-# ``apply_update`` is the CPU name of the SGD update from a given gradient;
-# on the GPU it takes two launches so that every block sees the whole check.
-apply_update = (update_check, update_apply)
+            counters[CNT_STATUS] = status

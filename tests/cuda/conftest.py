@@ -68,19 +68,15 @@ def simulated():
 
 
 @pytest.fixture(params=["auto", "tiled"])
-def path(request, monkeypatch):
+def path(request, monkeypatch, cops):
     """Run a test with the automatic launch plan (row tiles, path F, for the
     small layers used here) and with the TS×TS tiled plan (path G) forced."""
-    from fastlin.backends import cuda_config
-
-    monkeypatch.setattr(cuda_config, "FORCE_TILED", request.param == "tiled")
+    monkeypatch.setattr(cops, "FORCE_TILED", request.param == "tiled")
     return request.param
 
 
 @pytest.fixture(params=["one-launch", "per-step"])
-def launches(request, monkeypatch):
+def launches(request, monkeypatch, cops):
     """Run a fit in one launch of one block, and as one launch per step."""
-    from fastlin.backends import cuda_config
-
-    monkeypatch.setattr(cuda_config, "FORCE_ONE_LAUNCH", request.param == "one-launch")
+    monkeypatch.setattr(cops, "FORCE_ONE_LAUNCH", request.param == "one-launch")
     return request.param
