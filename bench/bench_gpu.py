@@ -261,23 +261,12 @@ class FastlinRunner:
         """LOOP steps through the backend interface: queued launches, one wait."""
         m, ops = self.model, self.ops
         if not hasattr(self, "_plan"):
-            self._plan = ops.fit_plan(self.p.n, self.p.o, self.p.d, None, False, 0)
+            self._plan = ops.fit_plan(self.p.n, self.p.o, self.p.d, None, False, 0, m.dtype)
             self._losses = ops.empty((LOOP,), np.float64)
             self._state = self.opt.state_for(m, ops)
-            self._hp = self.opt.hyper(False, m.dtype)
-        st = self._state
+            self._hyper = self.opt.hyper()
         done, status = ops.fit_steps(
-            m._W,
-            m._bvec,
-            m.has_bias,
-            st.weight,
-            st.bias,
-            self._hp,
-            st.flags,
-            self.p.X,
-            self.p.T,
-            self._plan,
-            self._losses,
+            self.p.X, self.p.T, m._W, m._bvec, m.has_bias, self._state, self._hyper, False, self._plan, self._losses
         )
         assert done == LOOP and status == 0, (done, status)
 

@@ -185,12 +185,12 @@ else
 fi
 [[ -s "$WORK/compare/compare.json" ]] && cp "$WORK/compare/compare.json" "$OUT/compare.json"
 
-# 6. compute-sanitizer on a tiny fit (path F and G, shuffled) ----------------
+# 6. compute-sanitizer on a tiny fit (rows and tiled plans, shuffled) -------
 cat >"$WORK/tiny_fit.py" <<'EOF'
 import numpy as np
 import fastlin
 rng = np.random.default_rng(0)
-for n, d, o in ((37, 8, 1), (29, 5, 3), (13, 6, 17)):  # path F (128-bit loads), F, G
+for n, d, o in ((37, 8, 1), (29, 5, 3), (13, 6, 17)):  # rows (128-bit loads), rows, tiled
     X = rng.standard_normal((n, d)).astype(np.float32)
     T = rng.standard_normal((n, o)).astype(np.float32)
     m = fastlin.Linear(d, o, device="cuda", seed=0)
@@ -220,7 +220,7 @@ run tests-cuda "$(left)" "$PY" -m pytest tests/cuda -q -p no:cacheprovider -x "$
     --deselect tests/cuda/test_cuda_compile.py::test_every_kernel_compiles_to_ptx_for_sm90 \
     --deselect tests/cuda/test_gpu_static.py --junitxml="$WORK/tests-cuda.xml"
 run tests-cuda-256 "$(left)" env FASTLIN_CUDA_TPB=256 FASTLIN_CUDA_TILE=16 \
-    "$PY" -m pytest tests/cuda/test_cuda_model.py -q -p no:cacheprovider "${SEL256[@]}" --junitxml="$WORK/tests-cuda-256.xml"
+    "$PY" -m pytest tests/cuda/test_conformance.py tests/cuda/test_cuda_model.py -q -p no:cacheprovider "${SEL256[@]}" --junitxml="$WORK/tests-cuda-256.xml"
 
 # 8. logs, table -------------------------------------------------------------
 finish

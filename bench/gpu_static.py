@@ -2,7 +2,7 @@
 
     python bench/gpu_static.py [--json PATH] [--cc 9.0]
 
-Compiles every kernel of :mod:`fastlin.backends.cuda` for float32 at the
+Compiles every kernel named in :mod:`fastlin.backends.cuda` for float32 at the
 launch configuration fastlin ships (``FASTLIN_CUDA_TPB``/``FASTLIN_CUDA_TILE``
 as set, default 256 threads and 16×16 tiles) to PTX with numba-cuda, then to
 a cubin with ``ptxas -v -arch=sm_90`` and disassembles it with ``nvdisasm``
@@ -20,7 +20,7 @@ each kernel it reports:
     SASS instruction counts (static: each instruction once, however often it
     runs); ``ldg128`` counts the 16-byte global loads (``LDG.E.128``);
 ``hot``
-    the kernel streams X on fastlin's hot paths (the row-streaming plan F:
+    the kernel streams X on fastlin's hot paths (the "rows" launch plan:
     tall, 2 ≤ O ≤ OMAX and the one-launch fit), where bandwidth decides.
 
 The kernels are compiled once for every ``in_features``: D is a run-time
@@ -144,6 +144,7 @@ def analyse(cc=(9, 0), dtype="float32", names=None):
     # capability, which needs a driver: pin that query to the target.
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
     from fastlin.backends import cuda as K
+    from fastlin.backends import cuda_config
 
     bin_dir = toolkit_bin()
     arch = f"sm_{cc[0]}{cc[1]}"
@@ -153,9 +154,7 @@ def analyse(cc=(9, 0), dtype="float32", names=None):
         for name in names or K.KERNELS:
             kernel = getattr(K, name)
             bounds = getattr(kernel, "targetoptions", {}).get("launch_bounds")
-            ptx, _ = numba.cuda.compile_ptx(
-                kernel.py_func, f"void({', '.join(sigs[name])})", cc=cc, launch_bounds=bounds
-            )
+            ptx, _ = numba.cuda.compile_ptx(kernel.py_func, numba.types.void(*sigs[name]), cc=cc, launch_bounds=bounds)
             ptx_path = Path(tmp, f"{name}.ptx")
             cubin = Path(tmp, f"{name}.cubin")
             ptx_path.write_text(ptx)
@@ -168,7 +167,7 @@ def analyse(cc=(9, 0), dtype="float32", names=None):
             sass = subprocess.run(
                 [str(bin_dir / "nvdisasm"), str(cubin)], capture_output=True, text=True, check=True
             ).stdout
-            threads = K.TS * K.TS if name in TILED else K.TPB
+            threads = cuda_config.TS * cuda_config.TS if name in TILED else cuda_config.TPB
             row = {"name": name, "hot": name in HOT, "block_threads": threads}
             row.update(_ptxas_info(res.stdout + res.stderr))
             row.update(sass_counts(sass))
@@ -203,15 +202,14 @@ def main(argv=None):
     cc = tuple(int(p) for p in args.cc.split("."))
     start = time.perf_counter()
     rows = analyse(cc, args.dtype)
-    from fastlin.backends import cuda as K
+    from fastlin.backends import cuda_config
 
-    print(
-        f"fastlin CUDA kernels, {args.dtype}, sm_{cc[0]}{cc[1]}, TPB={K.TPB}, tile {K.TS}x{K.TS} (static SASS counts)"
-    )
+    tpb, tile = cuda_config.TPB, cuda_config.TS
+    print(f"fastlin CUDA kernels, {args.dtype}, sm_{cc[0]}{cc[1]}, TPB={tpb}, tile {tile}x{tile} (static SASS counts)")
     print_table(rows)
     print(f"({time.perf_counter() - start:.1f} s)")
     if args.json:
-        report = {"cc": list(cc), "dtype": args.dtype, "tpb": K.TPB, "tile": K.TS, "kernels": rows}
+        report = {"cc": list(cc), "dtype": args.dtype, "tpb": tpb, "tile": tile, "kernels": rows}
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return 0
 

@@ -120,7 +120,7 @@ def child_memory(case_name, library):
             try:  # the backend's own plan, while it has this shape
                 _, n_chunks = cpu_ops.plan_chunks(c.n_rows, c.n_out, c.n_in)
                 out["chunks"] = n_chunks
-                out["planned_scratch_bytes"] = 8 * cpu.work_size(c.n_out, c.n_in, n_chunks)
+                out["planned_scratch_bytes"] = 8 * cpu.scratch_layout(c.n_out, c.n_in, n_chunks).size
             except (AttributeError, TypeError):
                 pass
             fresh = fastlin.Linear.from_weights(W0, b0)

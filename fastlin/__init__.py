@@ -9,18 +9,19 @@ with Numba kernels for the CPU and NVIDIA GPUs.
 True
 """
 
-from . import init
+from . import init, schedules
 from ._dispatch import cuda_available, cuda_unavailable_reason
 from ._errors import DeviceError, DivergenceError, ModelFileError
-from ._io import load
 from .history import History
-from .layer import Gradients, Linear
+from .layer import Gradients, Linear, load
 from .losses import mse_loss
-from .optim import SGD
+from .optim import SGD, Adam, AdamW
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adam",
+    "AdamW",
     "DeviceError",
     "DivergenceError",
     "Gradients",
@@ -33,5 +34,6 @@ __all__ = [
     "init",
     "load",
     "mse_loss",
+    "schedules",
     "__version__",
 ]

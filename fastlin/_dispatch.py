@@ -9,9 +9,12 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-from types import ModuleType
+from typing import TYPE_CHECKING, cast
 
 from ._errors import DeviceError
+
+if TYPE_CHECKING:
+    from .backends.protocol import Ops
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -137,12 +140,13 @@ def is_device_array(a: object) -> bool:
 _BACKENDS = {"cpu": "fastlin.backends.cpu_ops", "cuda": "fastlin.backends.cuda_ops"}
 
 
-def backend(device: str) -> ModuleType:
-    """The ops module of a resolved device ("cpu" or "cuda").
+def backend(device: str) -> Ops:
+    """The ops module of a resolved device ("cpu" or "cuda"), which provides
+    :class:`fastlin.backends.protocol.Ops` (``tests/test_contract.py``).
 
     Asking for "cuda" where it cannot run raises :class:`fastlin.DeviceError`
     (e.g. ``mse_loss`` given a GPU array on a machine without numba-cuda).
     """
     if device == "cuda":
         resolve("cuda")
-    return importlib.import_module(_BACKENDS[device])
+    return cast("Ops", importlib.import_module(_BACKENDS[device]))

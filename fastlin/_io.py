@@ -22,6 +22,7 @@ import math
 import os
 import stat
 import zipfile
+from typing import NamedTuple
 
 import numpy as np
 
@@ -92,8 +93,15 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
+class ModelArrays(NamedTuple):
+    """What a model file holds: the host parameters (``bias`` None without bias)."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+
 def save(model, path):
-    """Write ``model`` to ``path`` (.npz, format version 2) atomically.
+    """Write ``model`` (a :class:`ModelArrays`) to ``path`` (.npz, format version 2) atomically.
 
     The file is written under a temporary name in the same directory, flushed
     to disk, then renamed over ``path``: a crash mid-save leaves the old file
@@ -103,7 +111,7 @@ def save(model, path):
     the new file is the saving user.)
     """
     path = os.fsdecode(os.fspath(path))  # bytes paths too (the temporary name is a str)
-    weight, bias = model.numpy()
+    weight, bias = model
     arrays = {"format_version": np.array(FORMAT_VERSION, dtype=np.int64), "weight": weight}
     if bias is not None:
         arrays["bias"] = bias
@@ -274,46 +282,17 @@ def _model_arrays(path, arrays):
     return weight, arrays.get("bias")
 
 
-def load(path, *, device="cpu"):
-    """Read a layer written by :meth:`fastlin.Linear.save`.
+def read(path, *, device="cpu"):
+    """The :class:`ModelArrays` of a file written by :meth:`fastlin.Linear.save`.
 
-    Parameters
-    ----------
-    path : str or path-like
-    device : {"cpu", "cuda", "auto"}
-        Where to put the loaded layer.
-
-    Returns
-    -------
-    Linear
-        With the saved dtype (float32 or float64; either byte order is read)
-        and bias (or none).
-
-    Raises
-    ------
-    ModelFileError
-        (a ValueError) for every file that cannot be read as a fastlin model,
-        saying what it is not or what is wrong: missing (then a
-        :class:`fastlin.ModelFileError` that is also a FileNotFoundError), a
-        directory, empty, a text file, a single-array .npy, another .npz,
-        damaged (a checksum or CRC mismatch, truncated), a format version
-        that is not a single integer or not known, invalid parameters.
-    TypeError, ValueError, DeviceError
-        ``path`` is not path-like, or ``device`` is unknown or unusable
-        (checked before the file is read).
+    Checks ``path`` and ``device`` first (a bad device is not a bad file),
+    then the file: the errors are those :func:`fastlin.load` documents.
+    The layer builds itself from the arrays (:func:`fastlin.layer.load`).
     """
-    from .layer import Linear
-
     try:
         path = os.fspath(path)
     except TypeError:
         raise TypeError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__}") from None
     if device != "auto":
         _dispatch.resolve(device)  # a bad device is not a bad file: say so first
-    weight, bias = _model_arrays(path, _read_archive(path))
-    try:
-        return Linear.from_weights(weight, bias, device=device)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ModelFileError):
-            raise
-        raise ModelFileError(f"{path!r} holds invalid parameters: {exc}") from exc
+    return ModelArrays(*_model_arrays(path, _read_archive(path)))

@@ -17,12 +17,24 @@ Caching
     neither is writable numba raises at import time, so we probe first and
     fall back to no caching.  ``FASTLIN_CACHE=0`` switches caching off; tests
     and CI may point ``NUMBA_CACHE_DIR`` at a scratch directory.
+
+Stale kernels
+    numba keys a cached kernel by its own source file only, but a kernel's
+    machine code also holds the helpers it inlines from other modules
+    (``rules.py``, ``counters.py``, ``permute.py``, ``abi.py``'s constants,
+    this file's flags).  So at import :func:`drop_stale_kernels` hashes
+    every source file under ``fastlin/backends/`` and this file, keeps the
+    digest beside the kernels in their cache directory (the one numba picks
+    for them), and deletes fastlin's cached kernels there when the digest
+    has changed.  That costs well under a millisecond.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+import types
 from pathlib import Path
 
 import numba
@@ -60,11 +72,82 @@ def _cache_enabled() -> bool:
     return _writable(user_cache)
 
 
-CACHE = _cache_enabled()
+# The file beside the cached kernels that names the sources they were built from.
+DIGEST_FILE = "fastlin-sources.digest"
+_BACKENDS = Path(__file__).resolve().parent / "backends"
+
+
+def sources_digest(backends: Path = _BACKENDS) -> str:
+    """A digest of every source a backend kernel's machine code can depend on:
+    each ``*.py`` under ``backends`` (name and content), this file, and numba's version."""
+    h = hashlib.blake2b(numba.__version__.encode(), digest_size=16)
+    for path in [*sorted(backends.glob("*.py")), backends.parent / "_jit.py"]:
+        h.update(path.name.encode() + b"\0")
+        h.update(path.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def kernel_cache_dir(backends: Path = _BACKENDS) -> Path:
+    """The directory numba caches the kernels of ``backends/*.py`` in.
+
+    Found by numba's own rules (``NUMBA_CACHE_DIR``, else the in-tree
+    ``__pycache__``, else the user-wide cache), asked for a stand-in function
+    of ``backends/cpu.py``; all of the directory's modules share it.
+    """
+    from numba.core.caching import CompileResultCacheImpl
+
+    stand_in = types.FunctionType(_stand_in.__code__.replace(co_filename=str(backends / "cpu.py")), {})
+    return Path(CompileResultCacheImpl(stand_in)._locator.get_cache_path())
+
+
+def _stand_in():  # its code, relabelled as backends/cpu.py's, for numba's cache locators
+    pass
+
+
+def drop_stale_kernels(cache_dir: Path, digest: str, backends: Path = _BACKENDS) -> bool:
+    """Delete the cached kernels of ``backends``' modules from ``cache_dir``
+    unless they were built from sources with ``digest``; then record it.
+
+    Returns True when something was stale (or nothing was recorded yet).
+    Only numba's index and data files (``<module>.<function>-<line>.*.nbi``,
+    ``.nbc``) of those modules go; anything else in the directory stays.
+    """
+    stamp = cache_dir / DIGEST_FILE
+    try:
+        if stamp.read_text().strip() == digest:
+            return False
+    except OSError:
+        pass
+    modules = {path.stem for path in backends.glob("*.py")}
+    for entry in cache_dir.iterdir():
+        if entry.suffix in (".nbi", ".nbc") and entry.name.split(".", 1)[0] in modules:
+            try:
+                entry.unlink()
+            except FileNotFoundError:  # another process got there first
+                pass
+    part = cache_dir / f"{DIGEST_FILE}.{os.getpid()}"
+    part.write_text(digest + "\n")
+    os.replace(part, stamp)  # atomic: a reader sees the old digest or the new one
+    return True
+
+
+def _fresh_cache() -> bool:
+    """True when cached kernels may be used: the stale ones are gone.  When
+    the cache directory cannot be found or cleaned, caching is switched off
+    rather than risk running machine code built from older sources."""
+    try:
+        drop_stale_kernels(kernel_cache_dir(), sources_digest())
+    except Exception:  # numba's internals moved, or the directory is not ours to write
+        return False
+    return True
+
+
+CACHE = _cache_enabled() and _fresh_cache()
 
 # The first compilation of a process takes seconds: say so, once, while it
 # happens (nothing is said when the kernels load from the cache).
-install_compile_notice()
+install_compile_notice(CACHE)
 
 
 # Only explicit ``prange`` loops run in parallel.  numba's other automatic

@@ -62,12 +62,11 @@ _lock = threading.Lock()
 _depth = 0
 _timer: threading.Timer | None = None
 _announced = False
+_cache_on = True  # whether compiled kernels are cached on disk: set by install_compile_notice
 
 
 def compile_message() -> str:
-    from ._jit import CACHE
-
-    if CACHE:
+    if _cache_on:
         return "fastlin: compiling kernels for first use (a few seconds; cached afterwards)"
     return (
         "fastlin: compiling kernels for first use (a few seconds; the cache is off, so each new process compiles again)"
@@ -118,15 +117,18 @@ def _on_end(event: Any) -> None:
             _timer = None
 
 
-def install_compile_notice() -> None:
+def install_compile_notice(cache_on: bool = True) -> None:
     """Listen to numba's "numba:compile" events (sent only when a function
     is really compiled, never when it is loaded from the cache): when a
     fastlin CPU kernel has compiled for ``COMPILE_NOTICE_AFTER`` seconds, say
-    so on stderr, once per process.
+    so on stderr, once per process.  ``cache_on`` (from :mod:`fastlin._jit`)
+    picks the wording: cached afterwards, or compiled again by each process.
 
     CUDA kernels are not announced: numba-cuda (0.30) sends no such event
     when it compiles a kernel.
     """
+    global _cache_on
+    _cache_on = bool(cache_on)
     try:
         from numba.core import event
     except ImportError:  # pragma: no cover - numba without the event API

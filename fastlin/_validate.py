@@ -342,3 +342,16 @@ def nonfinite_message(name):
         f"{name} contains NaN or Inf. Clean or impute the data first; "
         "pass check_finite=False to skip this diagnosis (training then stops with DivergenceError)"
     )
+
+
+def host_param(value, name, dtype):
+    """A parameter given by the user -> a finite host numpy array.
+
+    ``dtype`` None picks float32 for float32 input and float64 otherwise.
+    """
+    # Refuses what data inputs refuse (masked entries, tensors that require
+    # grad, NA, non-real dtypes) and values that would overflow ``dtype``.
+    arr = host_numpy(value.copy_to_host() if hasattr(value, "copy_to_host") else value, name)
+    if dtype is None:
+        dtype = natural_float_dtype(arr)  # float32 in either byte order
+    return finite_param(arr, name, dtype)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 import uuid
 
@@ -49,12 +48,11 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(f"fastlin.dask needs dask ({exc}); install it with: pip install 'fastlin[dask]'") from exc
 
-from . import _validate
+from . import _validate, training
 from .backends import cpu_ops
-from .backends.abi import NONFINITE_LOSS, OK
+from .backends.abi import CNT_STEP, NONFINITE_LOSS, OK
 from .history import History
-from .layer import DEFAULT_STEPS, Linear, _divergence
-from .optim import SGD
+from .layer import Linear
 
 __all__ = ["fit", "predict", "from_npy", "SPLIT_EVERY", "solve"]
 
@@ -109,7 +107,7 @@ def fit(
     epochs : int, optional
         Passes over the data: one step each for full-batch training, one step
         per mini-batch otherwise.
-    opt : fastlin.SGD
+    opt : fastlin.SGD, Adam or AdamW
         The optimiser; its momentum state for ``model`` carries over between
         calls, exactly as with ``Linear.fit``.
     batch_size : None, "chunk" or int, default None
@@ -334,18 +332,12 @@ def _check_batch_size(batch_size):
 
 def _check_fit(model, X, T, steps, epochs, opt, batch_size, shuffle, seed, reduction, callback, persist):
     _check_model(model)
-    if not isinstance(opt, SGD):
-        raise TypeError(f"opt must be a fastlin.SGD, got {type(opt).__name__}")
+    if opt is None:  # required here: a cluster fit has no default learning rate
+        raise TypeError("opt must be a fastlin optimiser (fastlin.SGD, Adam or AdamW), got NoneType")
+    opt = training.check_optimizer(opt)
     reduction_sum = _validate.check_reduction(reduction)
-    steps = _validate.check_int(steps, "steps", 0, allow_none=True)
-    epochs = _validate.check_int(epochs, "epochs", 0, allow_none=True)
-    if steps is not None and epochs is not None:
-        raise ValueError("give steps or epochs, not both")
+    steps, epochs, shuffle, seed, callback = training.check_loop_args(steps, epochs, shuffle, seed, callback)
     batch_size = _check_batch_size(batch_size)
-    shuffle = _validate.check_bool(shuffle, "shuffle")
-    seed = _validate.check_seed(seed)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     persist = _validate.check_bool(persist, "persist")
 
     n_rows = _check_training_data(model, X, T)
@@ -354,17 +346,9 @@ def _check_fit(model, X, T, steps, epochs, opt, batch_size, shuffle, seed, reduc
     spec.X, spec.T, spec.n_rows = X, T, n_rows
     spec.batches = None if batch_size is None else _batches(X.chunks[0], batch_size)
     per_epoch = 1 if spec.batches is None else len(spec.batches)
-    if steps is None:
-        steps = DEFAULT_STEPS if epochs is None else epochs * per_epoch
-    spec.steps = steps
     # As Linear.fit: only mini-batches have an order to shuffle, and only a
     # shuffled fit draws a seed (kept in History.seed, to repeat the fit).
-    spec.shuffle = shuffle = shuffle and per_epoch > 1
-    if shuffle and seed is None:
-        seed = random.getrandbits(63)
-    elif isinstance(seed, np.random.Generator):
-        seed = int(seed.integers(1 << 63))
-    spec.seed = seed
+    spec.steps, spec.shuffle, spec.seed = training.resolve_loop(steps, epochs, per_epoch, shuffle, seed)
     spec.reduction_sum = reduction_sum
     spec.callback = callback
     spec.persist = persist
@@ -389,16 +373,6 @@ class _Fit:
         self.ops = model._ops
         self.state = opt.state_for(model, self.ops)
         self.tag = uuid.uuid4().hex[:12]
-
-    def _snapshot(self):
-        m, st = self.model, self.state
-        return [(dst, dst.copy()) for dst in (m._W, m._bvec, st.weight, st.bias)], st.flags.copy()
-
-    def _restore(self, snapshot):
-        arrays, flags = snapshot
-        for dst, saved in arrays:
-            dst[...] = saved
-        self.state.flags[:] = flags
 
     def _pairs(self):
         """One Delayed per row chunk: ``(x, t)`` in the model's dtype, persisted if asked."""
@@ -463,8 +437,8 @@ class _Fit:
 
     def run(self):
         spec, m, st, ops = self.spec, self.model, self.state, self.ops
-        snapshot = self._snapshot()
-        losses = []
+        snapshot = training.Snapshot(m, st)
+        losses, rates = [], []
         stopped = False
         start = time.perf_counter()
         pairs = self._pairs() if spec.steps else {}
@@ -485,33 +459,36 @@ class _Fit:
             # The same check-then-write kernel as Linear.fit's fused step: it
             # refuses a non-finite gradient or update without writing.
             # Asked at every step: a callback may have changed opt.lr.
-            hp = self.opt.hyper(spec.reduction_sum, m.dtype)
+            hyper, first_step = self.opt.hyper(), int(st.counters[CNT_STEP])
             status = (
                 NONFINITE_LOSS
                 if not math.isfinite(sse)
-                else ops.sgd_update(m._W, m._bvec, m.has_bias, st.weight, st.bias, hp, st.flags, gW, gb, scale)
+                else ops.apply_update(gW, gb, scale, m._W, m._bvec, m.has_bias, st, hyper)
             )
             if status != OK:
-                self._fail(status, loss, losses, pairs, snapshot, time.perf_counter() - start)
+                self._fail(status, loss, losses, rates, pairs, snapshot, time.perf_counter() - start)
             losses.append(loss)
+            rates.append(self.opt.lr_at(first_step))
             if spec.callback is not None and spec.callback(step + 1, loss):
                 stopped = True
                 break
         seconds = time.perf_counter() - start
-        return History(np.array(losses, dtype=np.float64), seconds, spec.seed, stopped_early=stopped)
+        return History(
+            np.array(losses, dtype=np.float64), seconds, spec.seed, stopped_early=stopped, lr=np.array(rates)
+        )
 
-    def _fail(self, status, loss, losses, pairs, snapshot, seconds):
+    def _fail(self, status, loss, losses, rates, pairs, snapshot, seconds):
         """Raise ValueError (bad data, fit undone) or DivergenceError."""
         checks = [_PAIR_FINITE(pair, dask_key_name=f"fastlin-finite-{self.tag}-{i}") for i, pair in pairs.items()]
         finite = dask.compute(*checks, optimize_graph=False)
         if not all(x for x, _ in finite):
-            self._restore(snapshot)
+            snapshot.restore()
             raise ValueError(_validate.nonfinite_message("X"))
         if not all(t for _, t in finite):
-            self._restore(snapshot)
+            snapshot.restore()
             raise ValueError(_validate.nonfinite_message("T"))
-        history = History(np.array(losses, dtype=np.float64), seconds, self.spec.seed)
-        raise _divergence(status, loss, len(losses) + 1, self.opt, history)
+        history = History(np.array(losses, dtype=np.float64), seconds, self.spec.seed, lr=np.array(rates))
+        raise training.divergence(status, loss, len(losses) + 1, self.opt, history)
 
 
 # --------------------------------------------------------------------------
@@ -536,7 +513,7 @@ def _pair_sums(params, pair, has_bias, lo, hi):
     # scale 1 and float64: the raw sums, so the client can add them exactly as
     # the single-machine kernel adds its own chunk partials.  A fresh scratch
     # dict per call: several tasks may run at once in one process.
-    sse, dW, db = cpu_ops.mse_grad(W, b, has_bias, x, t, 1.0, {}, dtype=np.float64)
+    sse, dW, db = cpu_ops.mse_grad(x, t, W, b, has_bias, 1.0, {}, dtype=np.float64)
     return float(sse), dW, db
 
 
@@ -559,7 +536,7 @@ def _pair_finite(pair):
 def _predict_block(x, params, has_bias):
     W, b = params
     x = np.ascontiguousarray(x, dtype=W.dtype)
-    y = cpu_ops.forward(W, b, has_bias, x)
+    y = cpu_ops.forward(x, W, b, has_bias)
     if not cpu_ops.all_finite(y) and not cpu_ops.all_finite(x):
         raise ValueError(_validate.nonfinite_message("X"))
     return y
@@ -709,16 +686,7 @@ def solve(model, X, T, *, weight_decay=0.0):
             "the sums of squares of X and T overflow float64 (values beyond about 1e150); "
             "scale X and T (e.g. standardise them) before solving"
         )
-    W, b = _solve.layer_solution(sums, model.has_bias, weight_decay)
-    W = W.astype(model.dtype)
-    b = None if b is None else b.astype(model.dtype)
-    if not np.isfinite(W).all() or (b is not None and not np.isfinite(b).all()):
-        raise ValueError(f"the solution does not fit in {model.dtype.name}; scale X and T, or use a float64 layer")
-    with model._lock:
-        model._W[...] = W
-        if b is not None:
-            model._b[...] = b
-    return _solve.layer_loss(sums, W, b)
+    return model._set_solution(sums, weight_decay)
 
 
 def _gram_sums(pair):

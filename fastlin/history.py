@@ -32,6 +32,9 @@ class History:
         was shuffled and no seed was given.
     stopped_early : bool
         True when the fit's ``callback`` asked it to stop before ``steps``.
+    lr : ndarray of float64, shape (steps,)
+        The learning rate of every step (the optimiser's ``lr`` moved by its
+        schedule, see :mod:`fastlin.schedules`).
 
     ``repr(history)`` is one line: the number of steps, the first and last
     loss and the time, e.g. ``History(100 steps, loss 2.17 -> 4.2e-11, 0.00011 s)``.
@@ -41,6 +44,7 @@ class History:
     seconds: float
     seed: int | None = None
     stopped_early: bool = field(default=False)
+    lr: NDArray[np.float64] = field(default_factory=lambda: np.empty(0, dtype=np.float64))
 
     def __len__(self) -> int:
         return len(self.loss)

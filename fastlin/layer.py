@@ -7,35 +7,20 @@ and translate the backend's status codes into exceptions.
 
 from __future__ import annotations
 
-import logging
 import math
-import random
+import os
 import threading
-import time
 from typing import NamedTuple
 
 import numpy as np
 
-from . import _dispatch, _log, _notices, _validate
+from . import _dispatch, _io, _notices, _validate, training
 from . import init as _init
-from ._errors import DeviceError, DivergenceError
-from ._progress import progress as _progress
+from ._errors import DeviceError, ModelFileError
 from ._typing import Array, ArrayLike, Callback, Data, Device, DTypeLike, FloatArray, InitFn, Reduction, Seed, StrPath
-from .backends.abi import NONFINITE_LOSS, OK, ST_EPOCH
+from .backends.abi import OK
 from .history import History
-from .optim import SGD
-
-logger = logging.getLogger("fastlin")
-
-DEFAULT_STEPS = 100  # the seed post's loop length
-DEFAULT_LR = 0.01
-# A fit runs in one compiled call when its work is below this many
-# multiply-adds (well under a second); longer fits run in segments of about
-# SEGMENT_SECONDS so that logging, progress and Ctrl-C stay responsive.
-ONE_CALL_WORK = 1 << 27
-SEGMENT_SECONDS = 0.1
-# First size of a fit's loss buffer when it runs in segments (it then doubles).
-HISTORY_START = 1024
+from .optim import Optimizer
 
 
 class Gradients(NamedTuple):
@@ -145,13 +130,13 @@ class Linear:
         -------
         Linear
         """
-        weight = _host_param(weight, "weight", None)
+        weight = _validate.host_param(weight, "weight", None)
         if weight.ndim != 2 or weight.size == 0:
             raise ValueError(
                 f"weight must be a non-empty 2-D array (out_features, in_features), got shape {weight.shape}"
             )
         if bias is not None:
-            bias = _host_param(bias, "bias", weight.dtype)
+            bias = _validate.host_param(bias, "bias", weight.dtype)
             if bias.shape != (weight.shape[0],):
                 raise ValueError(
                     f"bias must have shape ({weight.shape[0]},) to match weight {weight.shape}, got {bias.shape}"
@@ -190,7 +175,7 @@ class Linear:
 
     @weight.setter
     def weight(self, value: ArrayLike) -> None:
-        value = _host_param(value, "weight", self.dtype)
+        value = _validate.host_param(value, "weight", self.dtype)
         if value.shape != self._W.shape:
             raise ValueError(f"weight must have shape {self._W.shape}, got {value.shape}")
         with self._lock:
@@ -205,7 +190,7 @@ class Linear:
     def bias(self, value: ArrayLike) -> None:
         if self._b is None:
             raise AttributeError("this layer was built with bias=False")
-        value = _host_param(value, "bias", self.dtype)
+        value = _validate.host_param(value, "bias", self.dtype)
         if value.shape != self._b.shape:
             raise ValueError(f"bias must have shape {self._b.shape}, got {value.shape}")
         with self._lock:
@@ -251,9 +236,7 @@ class Linear:
         leaves the old file or none, never a truncated one.  ``path`` is used
         as given (no ".npz" is appended).
         """
-        from ._io import save
-
-        save(self, path)
+        _io.save(_io.ModelArrays(*self.numpy()), path)
 
     # ------------------------------------------------------------------
     # pickle and copy
@@ -341,7 +324,7 @@ class Linear:
         ndarray, shape (out_features,) or (N, out_features), the layer's dtype
         """
         X, _, single = self._inputs(X)
-        Y = self._ops.forward(self._W, self._bvec, self.has_bias, X)
+        Y = self._ops.forward(X, self._W, self._bvec, self.has_bias)
         if check_finite and not self._ops.all_finite(Y):
             self._check_data(X, None)
         return Y[0] if single else Y
@@ -367,7 +350,7 @@ class Linear:
         reduction_sum = _validate.check_reduction(reduction)
         X, n_rows, single = self._inputs(X)
         T = self._targets(T, n_rows, single)
-        sse = self._ops.model_sse(self._W, self._bvec, self.has_bias, X, T, self._scratch.ws)
+        sse = self._ops.model_sse(X, T, self._W, self._bvec, self.has_bias, self._scratch.ws)
         if check_finite and not math.isfinite(sse):
             self._check_data(X, T)
         return sse if reduction_sum else sse / (n_rows * self.out_features)
@@ -393,7 +376,7 @@ class Linear:
         X, n_rows, single = self._inputs(X)
         T = self._targets(T, n_rows, single)
         scale = 2.0 if reduction_sum else 2.0 / (n_rows * self.out_features)
-        sse, dW, db = self._ops.mse_grad(self._W, self._bvec, self.has_bias, X, T, scale, self._scratch.ws)
+        sse, dW, db = self._ops.mse_grad(X, T, self._W, self._bvec, self.has_bias, scale, self._scratch.ws)
         if check_finite and not math.isfinite(sse):
             self._check_data(X, T)
         loss = sse if reduction_sum else sse / (n_rows * self.out_features)
@@ -427,7 +410,7 @@ class Linear:
         """
         X, n_rows, single = self._inputs(X)
         dY = self._targets(dY, n_rows, single, name="dY")
-        dX, dW, db = self._ops.backward(self._W, X, dY, self._scratch.ws)
+        dX, dW, db = self._ops.backward(X, dY, self._W, self._scratch.ws)
         # Any NaN/Inf in X or dY reaches dW = dYᵀ·X, which is small to scan.
         if check_finite and not self._ops.all_finite(dW):
             self._check_data(X, dY, names=("X", "dY"))
@@ -436,7 +419,9 @@ class Linear:
     # ------------------------------------------------------------------
     # training
     # ------------------------------------------------------------------
-    def step(self, X: Data, T: Data, opt: SGD, *, reduction: Reduction = "mean", check_finite: bool = True) -> float:
+    def step(
+        self, X: Data, T: Data, opt: Optimizer, *, reduction: Reduction = "mean", check_finite: bool = True
+    ) -> float:
         """One SGD step on the whole of (X, T): forward, loss, gradient and
         update, fused so that X is read once.
 
@@ -460,26 +445,22 @@ class Linear:
         DivergenceError
             The loss or the update is NaN/Inf; the weights are untouched.
         """
-        if not isinstance(opt, SGD):
-            raise TypeError(f"opt must be a fastlin.SGD, got {type(opt).__name__}")
-        reduction_sum = _validate.check_reduction(reduction)
+        if not isinstance(opt, Optimizer):
+            raise TypeError(f"opt must be a fastlin optimiser (fastlin.SGD, Adam or AdamW), got {type(opt).__name__}")
+        reduce_sum = _validate.check_reduction(reduction)
         X, n_rows, single = self._inputs(X)
         T = self._targets(T, n_rows, single)
         # Steps and fits of one model run one at a time.  (acquire/release
         # rather than ``with``: half the cost on Python 3.11, on a 6 µs step.)
         self._lock.acquire()
         try:
-            st = opt.state_for(self, self._ops)
-            hp = opt.hyper(reduction_sum, self.dtype)
-            loss, status = self._ops.fused_step(
-                self._W, self._bvec, self.has_bias, st.weight, st.bias, hp, st.flags, X, T, self._step_ws
-            )
+            loss, status = training.fused_step(self, opt, X, T, reduce_sum)
         finally:
             self._lock.release()
         if status != OK:
             if check_finite:
                 self._check_data(X, T)
-            raise _divergence(status, loss, 1, opt, None)
+            raise training.divergence(status, loss, 1, opt, None)
         return loss
 
     def fit(
@@ -489,7 +470,7 @@ class Linear:
         *,
         steps: int | None = None,
         epochs: int | None = None,
-        opt: SGD | None = None,
+        opt: Optimizer | None = None,
         lr: float | None = None,
         batch_size: int | None = None,
         shuffle: bool = True,
@@ -497,6 +478,7 @@ class Linear:
         reduction: Reduction = "mean",
         log_every: int = 0,
         callback: Callback | None = None,
+        epoch_callback: Callback | None = None,
         progress: bool = False,
         check_finite: bool = True,
     ) -> History:
@@ -531,6 +513,11 @@ class Linear:
         callback : callable, optional
             ``callback(step, loss)`` after every step (1-based); return True
             to stop early.  It makes every step a separate compiled call.
+        epoch_callback : callable, optional
+            ``epoch_callback(epoch, loss)`` after every epoch (1-based), with
+            the epoch's mean loss (its batches' losses weighted by their
+            rows); return True to stop.  The steps of an epoch still run in
+            one compiled call, so early stopping costs little.
         progress : bool, default False
             Show a progress bar (tqdm when installed).
         check_finite : bool, default True
@@ -551,40 +538,30 @@ class Linear:
         reduction_sum = _validate.check_reduction(reduction)
         X, n_rows, single = self._inputs(X)
         T = self._targets(T, n_rows, single)
-        steps = _validate.check_int(steps, "steps", 0, allow_none=True)
-        epochs = _validate.check_int(epochs, "epochs", 0, allow_none=True)
-        if steps is not None and epochs is not None:
-            raise ValueError("give steps or epochs, not both")
+        steps, epochs, shuffle, seed, callback = training.check_loop_args(steps, epochs, shuffle, seed, callback)
+        if epoch_callback is not None and not callable(epoch_callback):
+            raise TypeError(f"epoch_callback must be callable, got {type(epoch_callback).__name__}")
         batch_size = _validate.check_int(batch_size, "batch_size", 1, allow_none=True)
-        shuffle = _validate.check_bool(shuffle, "shuffle")
-        seed = _validate.check_seed(seed)
         log_every = _validate.check_int(log_every, "log_every", 0)
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         progress = _validate.check_bool(progress, "progress")
         check_finite = _validate.check_bool(check_finite, "check_finite")
-        if opt is None:
-            opt = SGD(DEFAULT_LR if lr is None else lr)
-        elif lr is not None:
-            raise ValueError("give lr or opt, not both (the optimiser carries its own lr)")
-        elif not isinstance(opt, SGD):
-            raise TypeError(f"opt must be a fastlin.SGD, got {type(opt).__name__}")
+        opt = training.check_optimizer(opt, lr)
 
         batch = n_rows if batch_size is None else min(batch_size, n_rows)
-        if steps is None:
-            steps = DEFAULT_STEPS if epochs is None else epochs * -(-n_rows // batch)
-        shuffle = shuffle and batch < n_rows  # a full batch has no order to shuffle
-        if shuffle and seed is None:
-            seed = random.getrandbits(63)  # kept in History.seed, to repeat the fit
-        elif isinstance(seed, np.random.Generator):
-            seed = int(seed.integers(1 << 63))
+        steps, shuffle, seed = training.resolve_loop(steps, epochs, -(-n_rows // batch), shuffle, seed)
         self._lock.acquire()  # one fit or step of this model at a time; others wait
         try:
-            return _Fit(self, opt, X, T, reduction_sum, batch, shuffle, seed, check_finite).run(
-                steps, log_every, callback, progress
+            fit = training.CompiledFit(self, opt, X, T, reduction_sum, batch, shuffle, seed, check_finite)
+            hooks = training.Hooks(
+                steps, log_every, callback, progress, epoch_callback, training.batch_rows(n_rows, batch)
             )
+            return fit.run(steps, hooks)
         finally:
             self._lock.release()
+
+    def _apply_gradients(self, opt: Optimizer, weight_grad: ArrayLike, bias_grad: ArrayLike | None) -> None:
+        """What ``opt.apply(self, ...)`` runs (the optimiser never updates a model itself)."""
+        training.apply_gradients(self, opt, weight_grad, bias_grad)
 
     def solve(self, X: Data, T: Data, *, weight_decay: float = 0.0, sample_weight: ArrayLike | None = None) -> float:
         """Set the weights to the exact minimiser of the loss, in one read of X.
@@ -650,6 +627,14 @@ class Linear:
                 "the sums of squares of X and T overflow float64 (values beyond about 1e150); "
                 "scale X and T (e.g. standardise them) before solving"
             )
+        return self._set_solution(sums, weight_decay)
+
+    def _set_solution(self, sums, weight_decay):
+        """The end of :meth:`solve` (and of :func:`fastlin.dask.solve`): the
+        float64 solution of the Gram sums, rounded to the layer's dtype,
+        checked, then written; returns its training loss."""
+        from . import _solve
+
         W, b = _solve.layer_solution(sums, self.has_bias, weight_decay)
         W = W.astype(self.dtype)
         b = None if b is None else b.astype(self.dtype)
@@ -665,165 +650,38 @@ class Linear:
         return _solve.layer_loss(sums, W, b)
 
 
-class _Fit:
-    """One call of ``Linear.fit``: runs the compiled loop in segments and
-    turns status codes into exceptions."""
+def load(path: StrPath, *, device: Device = "cpu") -> Linear:
+    """Read a layer written by :meth:`fastlin.Linear.save`.
 
-    def __init__(self, model, opt, X, T, reduction_sum, batch, shuffle, seed, check_finite):
-        ops = model._ops
-        self.model, self.opt, self.ops = model, opt, ops
-        self.X, self.T = X, T
-        self.seed = seed
-        self.check_finite = check_finite
-        self.state = opt.state_for(model, ops)
-        self.reduction_sum = reduction_sum
-        self.plan = ops.fit_plan(X.shape[0], model.out_features, model.in_features, batch, shuffle, seed, model.dtype)
-        self.work_per_step = batch * model.out_features * model.in_features
-        # Bad data found after some updates must undo them.  Only mini-batch
-        # fits can get that far: a full batch meets all of the data at step 1.
-        self.needs_snapshot = check_finite and batch < X.shape[0]
+    Parameters
+    ----------
+    path : str or path-like
+    device : {"cpu", "cuda", "auto"}
+        Where to put the loaded layer.
 
-    def _snapshot(self):
-        ops, m, st = self.ops, self.model, self.state
-        return [(dst, ops.to_host(dst)) for dst in (m._W, m._bvec, st.weight, st.bias)], st.flags.copy()
+    Returns
+    -------
+    Linear
+        With the saved dtype (float32 or float64; either byte order is read)
+        and bias (or none).
 
-    def _restore(self, snapshot):
-        arrays, flags = snapshot
-        for dst, saved in arrays:
-            self.ops.copy_into(dst, saved)
-        self.state.flags[:] = flags
-
-    def _segment(self, done, total, seconds_per_step, hooks):
-        """How many steps the next compiled call runs."""
-        left = total - done
-        if not hooks and left * self.work_per_step <= ONE_CALL_WORK:
-            return left
-        if seconds_per_step is None:
-            return 1  # measure one step first
-        return max(1, min(left, int(SEGMENT_SECONDS / max(seconds_per_step, 1e-9))))
-
-    def run(self, total, log_every, callback, progress):
-        ops, m, st = self.ops, self.model, self.state
-        snapshot = self._snapshot() if self.needs_snapshot else None
-        st.flags[ST_EPOCH:] = 0  # a fit starts at epoch 0, row 0
-        losses, capacity = None, 0  # allocated, then grown, as the fit goes (steps may be huge)
-        bar = _progress(total, progress)
-        hooks = bool(log_every or callback or progress)
-        done, seconds_per_step, stopped = 0, None, False
-        hp = self.opt.hyper(self.reduction_sum, m.dtype)
-        start = time.perf_counter()
-        try:
-            while done < total and not stopped:
-                k = 1 if callback else self._segment(done, total, seconds_per_step, hooks)
-                if done + k > capacity:
-                    # Capacity at least doubles (from HISTORY_START), so copies cost O(1)
-                    # a step and memory follows the steps run; a fit run in one call
-                    # gets one buffer of exactly its length.
-                    end = done + k
-                    capacity = total if end == total else min(total, max(end, 2 * capacity, HISTORY_START))
-                    grown = ops.empty((capacity,), np.float64)
-                    if done:
-                        ops.copy_into(grown[:done], losses[:done])
-                    losses = grown
-                t0 = time.perf_counter()
-                n, status = ops.fit_steps(
-                    m._W,
-                    m._bvec,
-                    m.has_bias,
-                    st.weight,
-                    st.bias,
-                    hp,
-                    st.flags,
-                    self.X,
-                    self.T,
-                    self.plan,
-                    losses[done : done + k],
-                )
-                seconds_per_step = (time.perf_counter() - t0) / max(n, 1)
-                if status != OK:
-                    self._fail(status, losses, done, n, snapshot, time.perf_counter() - start)
-                if hooks and n:
-                    stopped = self._report(ops.to_host(losses[done : done + n]), done, total, log_every, callback, bar)
-                    # Asked again after user code ran: a callback may have changed opt.lr.
-                    hp = self.opt.hyper(self.reduction_sum, m.dtype)
-                done += n
-        finally:
-            bar.close()
-        seconds = time.perf_counter() - start
-        history = np.empty(0, dtype=np.float64) if losses is None else ops.to_host(losses[:done])
-        return History(history, seconds, self.seed, stopped_early=stopped)
-
-    @staticmethod
-    def _report(segment_losses, done, total, log_every, callback, bar):
-        """Log, call back and draw progress for the steps just run; True = stop."""
-        for j, loss in enumerate(segment_losses.tolist(), start=done + 1):
-            if log_every and j % log_every == 0:
-                _log.info(logger, "step %d/%d: loss %.9g", j, total, loss)  # printed when logging is not configured
-            if callback is not None and callback(j, loss):
-                bar.update(j, loss)
-                return True
-        bar.update(done + len(segment_losses), segment_losses[-1])
-        return False
-
-    def _fail(self, status, losses, done, n, snapshot, seconds):
-        failed_step = done + n + 1
-        loss = float(self.ops.to_host(losses[done + n : done + n + 1])[0])
-        if self.check_finite:
-            try:
-                self.model._check_data(self.X, self.T)
-            except ValueError:
-                if snapshot is not None:
-                    self._restore(snapshot)  # bad data: the fit never happened
-                raise
-        history = History(self.ops.to_host(losses[: done + n]), seconds, self.seed)
-        raise _divergence(status, loss, failed_step, self.opt, history)
-
-
-def _divergence(status, loss, step, opt, history):
-    what = f"the loss is {loss}" if status == NONFINITE_LOSS else "the update would make a weight NaN or Inf"
-    return DivergenceError(
-        f"training diverged at step {step}: {what}. The weights of the last finite step were kept. "
-        f"Try a smaller learning rate (lr={opt.lr}) or scale the inputs (e.g. standardise X).",
-        step=step,
-        loss=loss,
-        history=history,
-    )
-
-
-def _apply_gradients(model, opt, weight_grad, bias_grad):
-    """SGD.apply's body: validate the gradients, then update (or raise)."""
-    if not isinstance(model, Linear):
-        raise TypeError(f"model must be a fastlin.Linear, got {type(model).__name__}")
-    ops = model._ops
-    gW = _host_param(weight_grad, "weight_grad", np.float64)
-    if gW.shape != (model.out_features, model.in_features):
-        raise ValueError(f"weight_grad must have shape {(model.out_features, model.in_features)}, got {gW.shape}")
-    if model.has_bias:
-        if bias_grad is None:
-            raise ValueError("this layer has a bias: give bias_grad too")
-        gb = _host_param(bias_grad, "bias_grad", np.float64)
-        if gb.shape != (model.out_features,):
-            raise ValueError(f"bias_grad must have shape ({model.out_features},), got {gb.shape}")
-    elif bias_grad is not None:
-        raise ValueError("this layer has no bias: bias_grad must be None")
-    else:
-        gb = np.zeros(model.out_features)
-    with model._lock:
-        st = opt.state_for(model, ops)
-        hp = opt.hyper(False, model.dtype)
-        status = ops.sgd_update(model._W, model._bvec, model.has_bias, st.weight, st.bias, hp, st.flags, gW, gb, 1.0)
-    if status != OK:
-        raise _divergence(status, float("nan"), 1, opt, None)
-
-
-def _host_param(value, name, dtype):
-    """A parameter given by the user -> a finite host numpy array.
-
-    ``dtype`` None picks float32 for float32 input and float64 otherwise.
+    Raises
+    ------
+    ModelFileError
+        (a ValueError) for every file that cannot be read as a fastlin model,
+        saying what it is not or what is wrong: missing (then a
+        :class:`fastlin.ModelFileError` that is also a FileNotFoundError), a
+        directory, empty, a text file, a single-array .npy, another .npz,
+        damaged (a checksum or CRC mismatch, truncated), a format version
+        that is not a single integer or not known, invalid parameters.
+    TypeError, ValueError, DeviceError
+        ``path`` is not path-like, or ``device`` is unknown or unusable
+        (checked before the file is read).
     """
-    # Refuses what data inputs refuse (masked entries, tensors that require
-    # grad, NA, non-real dtypes) and values that would overflow ``dtype``.
-    arr = _validate.host_numpy(value.copy_to_host() if hasattr(value, "copy_to_host") else value, name)
-    if dtype is None:
-        dtype = _validate.natural_float_dtype(arr)  # float32 in either byte order
-    return _validate.finite_param(arr, name, dtype)
+    weight, bias = _io.read(path, device=device)
+    try:
+        return Linear.from_weights(weight, bias, device=device)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(f"{os.fspath(path)!r} holds invalid parameters: {exc}") from exc

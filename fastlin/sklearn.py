@@ -18,9 +18,10 @@ coefficients of ``Ridge(alpha=weight_decay·n_targets·Σw/2)`` (of
 ``LinearRegression`` without ``weight_decay``, minimum-norm when the data is
 rank-deficient); the intercept is ``ȳ − coef·x̄``, unpenalised.
 
-Otherwise (``solver="gd"``, mini-batches, ``partial_fit``) training runs
-:meth:`fastlin.Linear.fit` on a bias-free layer that starts at zero, with a
-:class:`fastlin.SGD` optimiser:
+Otherwise (``solver="sgd"`` or ``"adam"``, mini-batches, ``partial_fit``)
+training runs :meth:`fastlin.Linear.fit` on a bias-free layer that starts at
+zero, with a :class:`fastlin.SGD` or :class:`fastlin.Adam` optimiser (and the
+:mod:`fastlin.schedules` schedule that ``learning_rate`` names):
 
 * ``fit`` centres X and y (by their weighted means) when ``fit_intercept``,
   trains the coefficients on the centred data and recovers the intercept as
@@ -38,7 +39,11 @@ Otherwise (``solver="gd"``, mini-batches, ``partial_fit``) training runs
 * Starting from zero, full-batch gradient descent stays in the span of the
   data's rows and so converges (without ``weight_decay``) to the
   minimum-norm least-squares solution: the one ``LinearRegression``
-  returns, even when there are more features than samples.
+  returns, even when there are more features than samples.  (Adam's
+  per-coordinate scaling leaves that span, so this holds for "sgd" only.)
+* Early stopping is an ``epoch_callback`` of :meth:`fastlin.Linear.fit`:
+  the steps of an epoch run in one compiled call, and the stopping rule
+  runs once per epoch.
 """
 
 from __future__ import annotations
@@ -61,10 +66,10 @@ except ImportError as exc:  # scikit-learn missing, or older than 1.6 (no valida
         "fastlin.sklearn needs scikit-learn >= 1.6; install it with: pip install 'fastlin[sklearn]'"
     ) from exc
 
-from . import _solve, _validate
+from . import _solve, _validate, schedules
 from .backends import cpu_ops
 from .layer import Linear
-from .optim import SGD
+from .optim import SGD, Adam
 
 __all__ = ["LinearRegressor"]
 
@@ -72,8 +77,8 @@ __all__ = ["LinearRegressor"]
 def _keeps_previous_fit_on_failure(fit):
     """Wrap ``fit`` so that a fit that raises (divergence, NaN in X, Ctrl-C)
     leaves the estimator exactly as it was: the previous ``coef_``,
-    ``intercept_``, ``n_iter_``, ``loss_curve_``, ``lr_``, ``n_features_in_``
-    and partial_fit state.  A shallow copy of ``__dict__`` suffices because
+    ``intercept_``, ``n_iter_``, ``loss_curve_``, ``lr_``, ``lr_curve_``,
+    ``n_features_in_`` and partial_fit state.  A shallow copy of ``__dict__`` suffices because
     fit replaces its attributes and never changes them in place."""
 
     @functools.wraps(fit)
@@ -92,7 +97,19 @@ def _keeps_previous_fit_on_failure(fit):
 # solver="auto" takes the exact solve up to this many features (the D × D
 # float64 Gram matrix is then at most 32 MiB, its solve well under a second).
 AUTO_EXACT_MAX_FEATURES = 2048
-SOLVERS = ("auto", "normal", "gd")
+# "gd" is the name of "sgd" before Adam came (fastlin 0.1); kept as a synonym.
+SOLVERS = ("auto", "normal", "sgd", "gd", "adam")
+LEARNING_RATES = ("constant", "invscaling", "cosine")
+# lr="auto" for Adam: this fraction of RMS(y)/RMS(X) over the design (see the
+# class docstring), and a further ADAM_STOCHASTIC_FACTOR with stochastic
+# gradients.  Measured on standardised problems (make_regression, diabetes,
+# condition numbers up to ~500): 0.1-0.3 converge in 250-450 full-batch
+# epochs to ~1e-5 of LinearRegression; 0.01 may not within max_iter=1000.
+ADAM_AUTO_LR = 0.1
+ADAM_STOCHASTIC_FACTOR = 0.1
+# lr="auto" for Adam on data without a usable scale (constant X or y, or
+# squares beyond float64): MLPRegressor's learning_rate_init.
+ADAM_FALLBACK_LR = 1e-3
 
 
 class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
@@ -102,15 +119,17 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     squared error.  By default (``solver="auto"`` on full-batch data) the
     exact minimiser from one pass over X: the coefficients of
     :class:`~sklearn.linear_model.LinearRegression` (``Ridge`` with
-    ``weight_decay``) to float64 rounding.  With ``solver="gd"``, gradient
+    ``weight_decay``) to float64 rounding.  With ``solver="sgd"``, gradient
     descent with :class:`fastlin.SGD`: full-batch with Nesterov momentum and
     a step size derived from the data (deterministic; on well-conditioned
     data it reaches LinearRegression's coefficients to about 1e-5), or
-    mini-batch SGD with ``batch_size``.
+    mini-batch SGD with ``batch_size``.  With ``solver="adam"``, the same
+    with :class:`fastlin.Adam`.  ``learning_rate`` picks a schedule for
+    either.
 
     Parameters
     ----------
-    solver : {"auto", "normal", "gd"}, default="auto"
+    solver : {"auto", "normal", "sgd", "adam", "gd"}, default="auto"
         How ``fit`` finds the coefficients.  ``"normal"``: the exact
         minimiser, from float64 sums ``XᵀX``, ``Xᵀy`` formed in one pass over
         X and a small float64 solve (Cholesky, or an eigendecomposition and
@@ -118,12 +137,16 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         answer of :class:`~sklearn.linear_model.Ridge` /
         :class:`~sklearn.linear_model.LinearRegression`.  The gradient-descent
         parameters (``lr``, ``momentum``, ``max_iter``, ``tol``, ...) are then
-        unused, and it runs on the CPU whatever ``device`` says.  ``"gd"``:
-        gradient descent with :class:`fastlin.SGD` (below).  ``"auto"``: the
-        exact solve when the full batch is used (``batch_size=None``), the
-        device is not ``"cuda"`` and there are at most 2048 features;
-        gradient descent otherwise.  ``partial_fit`` always uses gradient
-        descent.
+        unused, and it runs on the CPU whatever ``device`` says.  ``"sgd"``:
+        gradient descent with :class:`fastlin.SGD` (``momentum``,
+        ``nesterov``).  ``"adam"``: :class:`fastlin.Adam` (``beta_1``,
+        ``beta_2``, ``epsilon``); :class:`~sklearn.neural_network.MLPRegressor`
+        names both solvers so.  ``"gd"``: the same as ``"sgd"``, its name
+        before Adam was added, kept so that existing code works.  ``"auto"``:
+        the exact solve when the full batch is used (``batch_size=None``),
+        the device is not ``"cuda"`` and there are at most 2048 features;
+        ``"sgd"`` otherwise.  ``partial_fit`` runs ``"adam"`` when asked and
+        ``"sgd"`` for every other solver.
     lr : "auto" or float, default="auto"
         Learning rate.  ``"auto"`` derives it from the data: ``1/L``, where
         ``L`` is the smoothness of the mean loss over a batch (for the full
@@ -135,9 +158,55 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         ``numpy.linalg.eigvalsh``), so it holds for float32 features of any
         finite magnitude.  When the gradients are stochastic
         (mini-batches, and ``partial_fit``, whose calls see different data)
-        and momentum is on, it is further multiplied by ``1 − momentum``.  A
-        number is used as given.
-        The value used is stored in ``lr_``.
+        and momentum is on, it is further multiplied by ``1 − momentum``.
+
+        With ``solver="adam"``, ``"auto"`` is ``0.1·RMS(y)/RMS(X)``: the
+        root-mean-square of the (centred, weighted) targets over that of the
+        (centred, weighted) features, i.e. the size of a coefficient in y's
+        units per unit of X.  Adam divides each gradient by its own running
+        RMS, so its first steps move every coefficient by about ``lr``
+        whatever the gradient's scale: ``lr`` sets how far Adam travels
+        per step, and a smoothness bound (SGD's rule) says nothing about
+        it.  On standardised features a coefficient is of the order of y's
+        spread (up to 38 on the diabetes data, whose y spreads over 77), and
+        a tenth of that converged in 250-450 full-batch epochs to about 1e-5
+        of LinearRegression's coefficients (make_regression and diabetes
+        data, condition numbers up to ~500); MLPRegressor's
+        ``learning_rate_init=1e-3`` moves a coefficient at most about 1 in
+        ``max_iter=1000`` steps and stops far short.  With stochastic
+        gradients Adam's steps stay about ``lr`` long around the optimum,
+        where the noise keeps its moments balanced, so there it is 10 times
+        smaller (``0.01·RMS(y)/RMS(X)``; ``partial_fit`` measures its first
+        batch as it is, uncentred and with its column of ones).  Data
+        without a usable scale (constant X or y) gets 1e-3.
+
+        A number is used as given.  The value used (the schedule's base
+        rate) is stored in ``lr_``.
+    learning_rate : {"constant", "invscaling", "cosine"}, default="constant"
+        How the learning rate moves over the steps of a fit, as in
+        :class:`~sklearn.linear_model.SGDRegressor` and MLPRegressor, with
+        either solver (MLPRegressor uses it for "sgd" only).  ``"constant"``:
+        ``lr`` at every step.  ``"invscaling"``: ``lr / (t + 1) ** power_t``
+        at the 0-based step t (:func:`fastlin.schedules.inverse_scaling`).
+        fastlin counts optimiser steps, i.e. mini-batches: with
+        ``batch_size=1`` this is SGDRegressor's ``eta0 / t ** power_t`` (its
+        t counts single-sample updates from 1); with larger batches fastlin's
+        t grows ``batch_size`` times slower than scikit-learn's sample
+        count, and with the full batch it is the epoch (MLPRegressor
+        updates its rate once per epoch, from the samples seen).
+        ``"cosine"``: from ``lr`` down to 0 along half a cosine over the
+        ``max_iter`` epochs' steps (:func:`fastlin.schedules.cosine` with
+        ``T_max = max_iter · steps per epoch``); ``partial_fit`` counts each
+        call as one epoch of the first call's number of steps (past
+        ``max_iter`` calls the rate climbs back, as torch's
+        ``CosineAnnealingLR`` does).  Early stopping may end a fit before a
+        schedule's end.  The rate of each
+        epoch's first step is kept in ``lr_curve_``.  Checked at fit time:
+        other strings (scikit-learn's "optimal", "adaptive") raise
+        ValueError.
+    power_t : float, default=0.25
+        The exponent of ``learning_rate="invscaling"`` (finite; SGDRegressor's
+        default, MLPRegressor's is 0.5).
     momentum : float, default=0.9
         Momentum factor (>= 0), as in ``torch.optim.SGD``.  Full-batch
         gradient descent needs about κ epochs to converge on data whose
@@ -145,13 +214,24 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         :class:`~sklearn.neural_network.MLPRegressor`, the defaults are
         Nesterov momentum 0.9.)
     nesterov : bool, default=True
-        Nesterov momentum; used only when ``momentum > 0``.
+        Nesterov momentum; used only when ``momentum > 0``.  ``momentum`` and
+        ``nesterov`` are for ``solver="sgd"``; Adam ignores them.
+    beta_1, beta_2 : float, default=0.9, 0.999
+        Adam's decay rates of its first and second moment estimates, each in
+        [0, 1) (MLPRegressor's names; ``betas`` of :class:`fastlin.Adam`).
+        Used with ``solver="adam"`` only.
+    epsilon : float, default=1e-8
+        Added to Adam's denominator (>= 0, finite; ``eps`` of
+        :class:`fastlin.Adam`).  Used with ``solver="adam"`` only.
     weight_decay : float, default=0.0
         L2 penalty (>= 0) added to the gradient as ``weight_decay·coef``, so
         the objective is the mean squared error (over samples and targets)
         plus ``weight_decay/2·‖coef‖²``: for one target, the optimum of
         ``Ridge(alpha=weight_decay·n_samples/2)``.  ``fit`` does not
-        penalise the intercept; ``partial_fit`` does (see Notes).
+        penalise the intercept; ``partial_fit`` does (see Notes).  The same
+        with ``solver="adam"``: :class:`fastlin.Adam` adds the L2 term to
+        the gradient as ``torch.optim.Adam`` does, so the point it converges
+        to is the same Ridge optimum (AdamW's decoupled decay would not be).
     fit_intercept : bool, default=True
         Learn an intercept.  Without it the data is used as it is.
     max_iter : int, default=1000
@@ -198,8 +278,14 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         update.  After the exact solve, one entry: the training loss at the
         solution (computed from the Gram sums).
     lr_ : float or None
-        The learning rate used by the last ``fit`` or ``partial_fit`` call;
-        None after the exact solve, which uses none.
+        The learning rate used by the last ``fit`` or ``partial_fit`` call
+        (the base rate, before ``learning_rate``'s schedule); None after the
+        exact solve, which uses none.
+    lr_curve_ : list of float
+        The learning rate of the first step of every epoch, as the schedule
+        moved it (from :attr:`fastlin.History.lr`); one entry per entry of
+        ``loss_curve_``, summed over ``partial_fit`` calls.  Empty after the
+        exact solve.
     n_features_in_ : int
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -218,9 +304,14 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     the weight of an extra column of ones, so ``weight_decay`` shrinks it as
     ``torch.optim.SGD`` would.  With ``lr="auto"``, ``partial_fit`` derives the
     learning rate from its first batch and keeps it; pass a number when later
-    batches may be much larger in scale.  ``partial_fit`` keeps the momentum
-    buffers between calls in memory only: a pickled or copied estimator
-    resumes with fresh buffers.
+    batches may be much larger in scale.  Between ``partial_fit`` calls the
+    optimiser's state carries on: the momentum buffers or Adam's moments,
+    and the schedule's position (its step count): successive calls
+    continue one run of the optimiser.  A pickled or copied estimator
+    keeps that state when it trains on the CPU (``device="cpu"``); on
+    another device it resumes with a fresh state (the schedule from its
+    start).  Changing a hyper-parameter between calls also starts a fresh
+    state; ``fit`` always does.
 
     The exact solve works from the normal equations, which square the
     condition number of the data: singular values of the centred, column-
@@ -246,8 +337,13 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         *,
         solver="auto",
         lr="auto",
+        learning_rate="constant",
+        power_t=0.25,
         momentum=0.9,
         nesterov=True,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
         weight_decay=0.0,
         fit_intercept=True,
         max_iter=1000,
@@ -260,8 +356,13 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     ):
         self.solver = solver
         self.lr = lr
+        self.learning_rate = learning_rate
+        self.power_t = power_t
         self.momentum = momentum
         self.nesterov = nesterov
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
         self.weight_decay = weight_decay
         self.fit_intercept = fit_intercept
         self.max_iter = max_iter
@@ -281,11 +382,16 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         return tags
 
     def __getstate__(self):
-        # The live layer and optimiser hold a backend module and weak
-        # references; only partial_fit's momentum lives there, and it is
-        # rebuilt (fresh) from coef_ and intercept_ when needed.
+        # partial_fit's live layer and optimiser pickle together (the
+        # optimiser keeps its state for the layer pickled beside it), so a
+        # copy resumes with the same momentum or moments and schedule
+        # position.  A layer on a GPU would fail to unpickle on a machine
+        # without one: that state is dropped and rebuilt fresh from coef_
+        # and intercept_ when needed.
         state = super().__getstate__()
-        state.pop("_live", None)
+        live = state.get("_live")
+        if live is not None and live[0].device != "cpu":
+            del state["_live"]
         return state
 
     # ------------------------------------------------------------------
@@ -334,7 +440,7 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         )
         Y, y_1d = _as_2d_targets(y, X.dtype)
         weights = _check_weights(sample_weight, X)
-        for name in ("coef_", "intercept_", "n_iter_", "loss_curve_", "lr_", "_live", "_partial_lr", "_rng"):
+        for name in _FITTED_STATE:
             self.__dict__.pop(name, None)
         if self._uses_exact_solve(X.shape[1], hyper):
             return self._fit_exact(X, Y, y_1d, weights, hyper)
@@ -344,14 +450,26 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
 
         A, T, x_offset, y_offset = _fit_design(X, Y, weights, self.fit_intercept)
         batch = A.shape[0] if self.batch_size is None else min(self.batch_size, A.shape[0])
-        lr = self._learning_rate(A, T.shape[1], batch, hyper, stochastic=batch < A.shape[0])
+        per_epoch = -(-A.shape[0] // batch)
+        lr = self._learning_rate(A, T, batch, hyper, stochastic=batch < A.shape[0])
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        opt = SGD(lr, momentum=hyper["momentum"], weight_decay=hyper["weight_decay"], nesterov=hyper["nesterov"])
+        opt = _optimizer(lr, hyper, self._schedule(hyper, per_epoch))
         stopper = (
-            None if self.tol is None else _EarlyStopping(self.tol, self.n_iter_no_change, A.shape[0], batch, layer)
+            None
+            if self.tol is None
+            else _EarlyStopping(self.tol, self.n_iter_no_change, layer, full_batch=batch == A.shape[0])
         )
+        # epoch_callback, not callback: the steps of an epoch stay in one
+        # compiled call (a per-step callback made each step its own call).
         history = layer.fit(
-            A, T, epochs=self.max_iter, opt=opt, batch_size=batch, shuffle=self.shuffle, seed=seed, callback=stopper
+            A,
+            T,
+            epochs=self.max_iter,
+            opt=opt,
+            batch_size=batch,
+            shuffle=self.shuffle,
+            seed=seed,
+            epoch_callback=stopper,
         )
         curve = _epoch_means(history.loss, A.shape[0], batch)
         if stopper is not None and not history.stopped_early:
@@ -369,10 +487,11 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self.n_iter_ = len(curve)
         self.loss_curve_ = curve
         self.lr_ = lr
+        self.lr_curve_ = _epoch_firsts(history.lr, per_epoch, len(curve))
         return self
 
     def partial_fit(self, X, y, sample_weight=None):
-        """Run one epoch of SGD on (X, y), continuing from the current state.
+        """Run one epoch of SGD (or Adam) on (X, y), continuing from the current state.
 
         Parameters
         ----------
@@ -404,17 +523,27 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
 
         A, T = _partial_design(X, Y, weights, self.fit_intercept)
         batch = A.shape[0] if self.batch_size is None else min(self.batch_size, A.shape[0])
+        per_epoch = -(-A.shape[0] // batch)
         if not isinstance(self.lr, str):
             lr = float(self.lr)
-        else:  # "auto": derived from the first batch, then kept
-            if getattr(self, "_partial_lr", None) is None:
-                self._partial_lr = self._learning_rate(A, T.shape[1], batch, hyper, stochastic=True)
-            lr = self._partial_lr
+        else:  # "auto": derived from the first batch, then kept (per solver)
+            auto = getattr(self, "_partial_lr", None)
+            if not isinstance(auto, dict):  # None, or SGD's rate kept by an older fastlin
+                auto = {} if auto is None else {"sgd": auto}
+            if hyper["solver"] not in auto:
+                auto = {**auto, hyper["solver"]: self._learning_rate(A, T, batch, hyper, stochastic=True)}
+                self._partial_lr = auto
+            lr = auto[hyper["solver"]]
         if getattr(self, "_rng", None) is None:
             self._rng = check_random_state(self.random_state)
         seed = int(self._rng.randint(np.iinfo(np.int32).max))
+        # The schedule's length in steps is fixed by the first call, so that
+        # a later call of another size keeps the same schedule (and state).
+        if getattr(self, "_partial_epoch_steps", None) is None:
+            self._partial_epoch_steps = per_epoch
+        schedule = self._schedule(hyper, self._partial_epoch_steps)
 
-        layer, opt = self._live_state(A.shape[1], T.shape[1], X.dtype, lr, hyper)
+        layer, opt = self._live_state(A.shape[1], T.shape[1], X.dtype, lr, hyper, schedule)
         try:
             history = layer.fit(A, T, epochs=1, opt=opt, batch_size=batch, shuffle=self.shuffle, seed=seed)
         except BaseException:
@@ -430,8 +559,10 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             intercept = np.zeros(W.shape[0], dtype=W.dtype)
         self._set_coefficients(W, intercept, y_1d if first else self._y_1d)
         self.n_iter_ = getattr(self, "n_iter_", 0) + 1
-        self.loss_curve_ = getattr(self, "loss_curve_", []) + _epoch_means(history.loss, A.shape[0], batch)
+        epochs = _epoch_means(history.loss, A.shape[0], batch)
+        self.loss_curve_ = getattr(self, "loss_curve_", []) + epochs
         self.lr_ = lr
+        self.lr_curve_ = getattr(self, "lr_curve_", []) + _epoch_firsts(history.lr, per_epoch, len(epochs))
         return self
 
     # ------------------------------------------------------------------
@@ -463,9 +594,26 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     # helpers
     # ------------------------------------------------------------------
     def _check_params(self):
-        """Validate the hyper-parameters (at fit time, as scikit-learn asks)."""
+        """Validate the hyper-parameters (at fit time, as scikit-learn asks).
+
+        Every one is checked whatever the solver (as MLPRegressor does), so
+        a bad value never waits for the solver that uses it.  Returns the
+        checked values the training code reads.
+        """
         if not isinstance(self.solver, str) or self.solver not in SOLVERS:
-            raise ValueError(f"solver must be 'auto', 'normal' or 'gd', got {self.solver!r}")
+            raise ValueError(
+                f"solver must be 'auto', 'normal', 'sgd' or 'adam' ('gd' is a synonym of 'sgd'), got {self.solver!r}"
+            )
+        if not isinstance(self.learning_rate, str) or self.learning_rate not in LEARNING_RATES:
+            raise ValueError(f"learning_rate must be 'constant', 'invscaling' or 'cosine', got {self.learning_rate!r}")
+        power_t = _validate.check_real(self.power_t, "power_t")
+        betas = []
+        for name in ("beta_1", "beta_2"):
+            beta = _validate.check_real(getattr(self, name), name, minimum=0.0)
+            if not beta < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {beta}")
+            betas.append(beta)
+        epsilon = _validate.check_real(self.epsilon, "epsilon", minimum=0.0)
         if not (isinstance(self.lr, str) and self.lr == "auto"):
             if isinstance(self.lr, str):
                 raise ValueError(f"lr must be 'auto' or a positive number, got {self.lr!r}")
@@ -484,7 +632,17 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             _validate.check_real(self.tol, "tol", minimum=0.0)
         if not isinstance(self.device, str) or self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
-        return {"momentum": sgd.momentum, "weight_decay": sgd.weight_decay, "nesterov": sgd.nesterov}
+        return {
+            # the optimiser that gradient descent runs ("auto" and "normal"
+            # reach it only through partial_fit, or "auto" on mini-batches)
+            "solver": "adam" if self.solver == "adam" else "sgd",
+            "momentum": sgd.momentum,
+            "weight_decay": sgd.weight_decay,
+            "nesterov": sgd.nesterov,
+            "betas": tuple(betas),
+            "eps": epsilon,
+            "power_t": power_t,
+        }
 
     def _uses_exact_solve(self, n_features, hyper):
         """solver="normal", or "auto" with the full batch, on the CPU, and at
@@ -520,12 +678,26 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self.n_iter_ = 1
         self.loss_curve_ = [sse / (n_targets * sums.sw)]
         self.lr_ = None
+        self.lr_curve_ = []
         return self
 
-    def _learning_rate(self, A, n_targets, batch, hyper, stochastic):
-        """``lr`` as given, or 1/L for the design A (see the class docstring)."""
+    def _schedule(self, hyper, steps_per_epoch):
+        """The :mod:`fastlin.schedules` schedule that ``learning_rate`` names
+        (None for "constant": the optimiser's fast path, no schedule)."""
+        if self.learning_rate == "invscaling":
+            return schedules.inverse_scaling(power_t=hyper["power_t"])
+        if self.learning_rate == "cosine":
+            return schedules.cosine(T_max=self.max_iter * steps_per_epoch)
+        return None
+
+    def _learning_rate(self, A, T, batch, hyper, stochastic):
+        """``lr`` as given, or derived from the design (A, T) as the class
+        docstring says: 1/L for SGD, a fraction of RMS(T)/RMS(A) for Adam."""
         if not isinstance(self.lr, str):
             return float(self.lr)
+        if hyper["solver"] == "adam":
+            return _adam_learning_rate(A, T, stochastic)
+        n_targets = T.shape[1]
         n = A.shape[0]
         smooth_full = 2.0 * _largest_eigenvalue(A) / (n * n_targets)
         if batch < n:
@@ -542,8 +714,9 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             lr *= 1.0 - min(hyper["momentum"], 0.99)
         return lr
 
-    def _live_state(self, n_inputs, n_targets, dtype, lr, hyper):
-        """partial_fit's layer and optimiser, kept between calls in memory
+    def _live_state(self, n_inputs, n_targets, dtype, lr, hyper, schedule):
+        """partial_fit's layer and optimiser, kept between calls (with the
+        optimiser's state: momentum or moments, and the schedule's position)
         while the shapes, the dtype and the hyper-parameters stay the same."""
         key = (
             n_inputs,
@@ -551,9 +724,13 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             np.dtype(dtype),
             self.device,
             lr,
+            hyper["solver"],
             hyper["momentum"],
             hyper["weight_decay"],
             hyper["nesterov"],
+            hyper["betas"],
+            hyper["eps"],
+            schedule,
         )
         live = getattr(self, "_live", None)
         if live is not None and live[2] == key:
@@ -565,7 +742,7 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         else:
             W = np.zeros((n_targets, n_inputs), dtype=dtype)
         layer = Linear.from_weights(W, None, device=self.device)
-        opt = SGD(lr, momentum=hyper["momentum"], weight_decay=hyper["weight_decay"], nesterov=hyper["nesterov"])
+        opt = _optimizer(lr, hyper, schedule)
         self._live = (layer, opt, key)
         return layer, opt
 
@@ -584,6 +761,55 @@ class LinearRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
 
     def _n_targets(self):
         return 1 if self.coef_.ndim == 1 else self.coef_.shape[0]
+
+
+# What fit computes: dropped at the start of every fit (and restored by
+# _keeps_previous_fit_on_failure when it fails).
+_FITTED_STATE = (
+    "coef_",
+    "intercept_",
+    "n_iter_",
+    "loss_curve_",
+    "lr_",
+    "lr_curve_",
+    "_live",
+    "_partial_lr",
+    "_partial_epoch_steps",
+    "_rng",
+)
+
+
+def _optimizer(lr, hyper, schedule):
+    """The fastlin optimiser of the checked hyper-parameters."""
+    if hyper["solver"] == "adam":
+        return Adam(lr, betas=hyper["betas"], eps=hyper["eps"], weight_decay=hyper["weight_decay"], schedule=schedule)
+    return SGD(
+        lr,
+        momentum=hyper["momentum"],
+        weight_decay=hyper["weight_decay"],
+        nesterov=hyper["nesterov"],
+        schedule=schedule,
+    )
+
+
+def _adam_learning_rate(A, T, stochastic):
+    """lr="auto" for Adam: ``ADAM_AUTO_LR · RMS(T) / RMS(A)`` (see the class
+    docstring), times ADAM_STOCHASTIC_FACTOR for stochastic gradients.
+
+    Sums of squares in float64 (float32 squares of features near 1e19
+    overflow); data whose ratio is not a positive finite number (constant X
+    or y, squares beyond float64) gets ADAM_FALLBACK_LR.
+    """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        rms_t = math.sqrt(float(np.einsum("ij,ij->", T, T, dtype=np.float64)) / T.size)
+        rms_a = math.sqrt(float(np.einsum("ij,ij->", A, A, dtype=np.float64)) / A.size)
+        scale = rms_t / rms_a if rms_a > 0.0 else math.nan
+    if not (math.isfinite(scale) and scale > 0.0):
+        return ADAM_FALLBACK_LR
+    lr = ADAM_AUTO_LR * scale
+    if stochastic:
+        lr *= ADAM_STOCHASTIC_FACTOR
+    return lr
 
 
 # ----------------------------------------------------------------------
@@ -710,36 +936,37 @@ def _epoch_means(step_losses, n_rows, batch):
     return (losses @ sizes / n_rows).tolist()
 
 
+def _epoch_firsts(step_rates, per_epoch, n_epochs):
+    """Per-step learning rates (History.lr) -> the rate of each epoch's first step."""
+    return np.asarray(step_rates, dtype=np.float64)[: n_epochs * per_epoch : per_epoch].tolist()
+
+
 class _EarlyStopping:
-    """``Linear.fit`` callback that ends training at an epoch boundary once
-    ``patience`` epochs in a row made no progress larger than ``tol``.
+    """``Linear.fit`` epoch callback that ends training once ``patience``
+    epochs in a row made no progress larger than ``tol``.
 
     Progress of a full-batch epoch (one gradient step) is the largest change
     of a weight relative to the largest weight, scikit-learn's rule for its
     SAG solver.  It also works with momentum, whose loss curve oscillates.
     Mini-batch SGD with a constant step never stops moving its weights, so
-    there progress is the drop of the epoch's mean loss below the best so
-    far, relative to the first epoch's loss.
+    there progress is the drop of the epoch's mean loss (over its rows, as
+    ``Linear.fit`` hands it over) below the best so far, relative to the
+    first epoch's loss.
+
+    Called once per epoch, so the steps of an epoch run in one compiled call;
+    the full-batch rule reads the weights at the epoch's end, where
+    ``Linear.fit`` always ends a compiled call when it has an epoch callback.
     """
 
-    def __init__(self, tol, patience, n_rows, batch, layer):
+    def __init__(self, tol, patience, layer, full_batch):
         self.tol, self.patience = tol, patience
-        self.n_rows, self.batch = n_rows, batch
-        self.per_epoch = -(-n_rows // batch)
         self.layer = layer
-        self.previous = layer.numpy()[0] if batch == n_rows else None
+        self.previous = layer.numpy()[0] if full_batch else None
         self.first_loss = None
         self.best = math.inf
         self.bad_epochs = 0
-        self.epoch_sum = 0.0
 
-    def __call__(self, step, loss):
-        index = (step - 1) % self.per_epoch
-        size = self.batch if index < self.per_epoch - 1 else self.n_rows - self.batch * (self.per_epoch - 1)
-        self.epoch_sum += loss * size
-        if index < self.per_epoch - 1:
-            return False
-        epoch_loss, self.epoch_sum = self.epoch_sum / self.n_rows, 0.0
+    def __call__(self, epoch, epoch_loss):
         if self.previous is not None:
             W = self.layer.numpy()[0]
             stalled = np.abs(W - self.previous).max() <= self.tol * np.abs(W).max()

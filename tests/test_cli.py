@@ -382,6 +382,7 @@ def _public_api():
     import fastlin.init
 
     L, S, H = fastlin.Linear, fastlin.SGD, fastlin.History
+    A, AW = fastlin.Adam, fastlin.AdamW
     functions = [
         L.__init__,
         L.from_weights,
@@ -395,9 +396,15 @@ def _public_api():
         L.to,
         L.copy,
         L.save,
+        L.solve,
         S.__init__,
         S.reset,
         S.apply,
+        S.lr_at,
+        A.__init__,
+        AW.__init__,
+        fastlin.load,
+        *(getattr(fastlin.schedules, name) for name in fastlin.schedules.__all__ if name != "Schedule"),
         H.plot,
         fastlin.mse_loss,
         fastlin.cuda_available,

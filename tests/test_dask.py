@@ -663,3 +663,31 @@ def test_hyper_parameters_set_by_a_callback_take_effect_at_the_next_step():
         fd.fit(fixed, Xd, Td, steps=8, opt=fastlin.SGD(0.05, momentum=0.9))
     assert_same_fit(model, hist, ref, h_ref)
     assert rel(fixed.weight, model.weight) > 1e-6  # the schedule changed the trajectory
+
+
+# --------------------------------------------------------------------------
+# optimisers and schedules (issue #13): the same update rules as Linear.fit
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda: fastlin.Adam(0.02, amsgrad=True, schedule=fastlin.schedules.cosine(T_max=15, eta_min=1e-3)),
+        lambda: fastlin.AdamW(0.02, weight_decay=0.05, schedule=fastlin.schedules.step(step_size=4, gamma=0.5)),
+        lambda: fastlin.SGD(0.05, momentum=0.9, schedule=fastlin.schedules.exponential(0.9)),
+    ],
+    ids=["adam-amsgrad-cosine", "adamw-step", "sgd-exponential"],
+)
+@pytest.mark.parametrize("batch_size", [None, 50])
+def test_every_optimizer_and_schedule_matches_model_fit(make_opt, batch_size):
+    X, T = data(n=600)
+    ref = fastlin.Linear(7, 3, dtype=np.float64, seed=11)
+    model = ref.copy()
+    h_ref = ref.fit(X, T, steps=20, batch_size=batch_size, shuffle=False, opt=make_opt())
+    Xd, Td = da.from_array(X, chunks=(100, 7)), da.from_array(T, chunks=(100, 3))
+    with dask.config.set(scheduler="sync"):
+        opt = make_opt()
+        hist = fd.fit(model, Xd, Td, steps=12, batch_size=batch_size, shuffle=False, opt=opt)
+        more = fd.fit(model, Xd, Td, steps=8, batch_size=batch_size, shuffle=False, opt=opt)  # the schedule goes on
+    assert rel(np.concatenate([hist.loss, more.loss]), h_ref.loss) < RTOL
+    np.testing.assert_allclose(np.concatenate([hist.lr, more.lr]), h_ref.lr, rtol=1e-15)
+    assert rel(model.weight, ref.weight) < RTOL and rel(model.bias, ref.bias) < RTOL

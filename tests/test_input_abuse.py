@@ -36,7 +36,7 @@ def setup(request):
 
 def _state(model, opt):
     st = opt._states.get(model)
-    bufs = () if st is None else (st.weight.copy(), st.bias.copy(), st.flags.copy())
+    bufs = () if st is None else (st.slots_w.copy(), st.slots_b.copy(), st.counters.copy())
     return model.weight.copy(), model.bias.copy(), bufs
 
 

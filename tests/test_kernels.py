@@ -9,12 +9,13 @@ chunk-ordered reduction run even on small N).
 from __future__ import annotations
 
 import itertools
+import types
 
 import numpy as np
 import pytest
 
 import fastlin
-from fastlin.backends import cpu
+from fastlin.backends import abi, cpu, cpu_ops, rules
 from tests.support import naive
 from tests.support.helpers import assert_sums_close, make_data, tol
 
@@ -126,3 +127,139 @@ def test_all_finite_kernel_finds_each_kind_of_bad_value():
         b = a.copy()
         b[-1] = bad
         assert not cpu.all_finite(b)
+
+
+# --------------------------------------------------------------------------
+# The optimiser contract at the ops level (cpu_ops, with a hand-made state):
+# any rule of abi.HYPER, any schedule, through fused_step, fit_steps and
+# apply_update.  The public optimiser classes are tested through the API.
+# --------------------------------------------------------------------------
+def _state(k, W):
+    n_out, n_in = W.shape
+    return types.SimpleNamespace(
+        slots_w=np.zeros((k, n_out, n_in), W.dtype),
+        slots_b=np.zeros((k, n_out), W.dtype),
+        counters=np.zeros(abi.CNT_SIZE, np.int64),
+    )
+
+
+def _hyper(**fields):
+    hyper = abi.new_hyper()
+    for name, value in fields.items():
+        hyper[0][name] = value
+    return hyper
+
+
+ADAM = dict(rule=abi.RULE_ADAM, lr=0.03, beta1=0.9, beta2=0.99, eps=1e-8)
+OPTIMISERS = {
+    "adam": (ADAM, lambda torch, p: torch.optim.Adam(p, lr=0.03, betas=(0.9, 0.99), eps=1e-8), None),
+    "adam-l2-amsgrad": (
+        dict(ADAM, weight_decay=0.05, amsgrad=True),
+        lambda torch, p: torch.optim.Adam(p, lr=0.03, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05, amsgrad=True),
+        None,
+    ),
+    "adamw-cosine": (
+        dict(ADAM, weight_decay=0.1, decoupled=True, schedule=abi.SCHEDULE_COSINE, t_max=4, eta_min=0.001),
+        lambda torch, p: torch.optim.AdamW(p, lr=0.03, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1),
+        lambda torch, opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4, eta_min=0.001),
+    ),
+    "sgd-nesterov-steplr": (
+        dict(
+            lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, schedule=abi.SCHEDULE_STEP, step_size=2, gamma=0.5
+        ),
+        lambda torch, p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+        lambda torch, opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5),
+    ),
+}
+
+
+def _torch_steps(torch, make_opt, make_sched, X, T, W, b, batches, reduction):
+    """torch's parameters after one optimiser step per batch (rows of X), float64."""
+    w = torch.tensor(W, dtype=torch.float64, requires_grad=True)
+    c = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    opt = make_opt(torch, [w, c])
+    sched = make_sched(torch, opt) if make_sched else None
+    losses = []
+    for rows in batches:
+        x, t = torch.tensor(X[rows]), torch.tensor(T[rows])
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(x @ w.T + c, t, reduction=reduction)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        losses.append(loss.item())
+    return w.detach().numpy(), c.detach().numpy(), losses
+
+
+def _shuffled_batches(n, batch, seed, steps):
+    """The rows of a shuffled fit's first ``steps`` batches (the documented walk)."""
+    out, epoch, pos = [], 0, 0
+    for _ in range(steps):
+        order = naive.epoch_permutation(seed, epoch, n)
+        out.append(order[pos : pos + batch])
+        pos += batch
+        if pos >= n:
+            epoch, pos = epoch + 1, 0
+    return out, epoch, pos
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMISERS))
+@pytest.mark.parametrize("n,d,o", [(37, 5, 3), (130, 9, 33)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_any_rule_and_schedule_reaches_torch_through_the_ops(name, n, d, o, reduction, chunking):
+    """A RULE_ADAM record (and SGD with a schedule) trains as torch does, to
+    1e-9, through fused_step, then fit_steps with shuffled mini-batches
+    across an epoch's end, then apply_update: one count of steps for all."""
+    torch = pytest.importorskip("torch")
+    fields, make_opt, make_sched = OPTIMISERS[name]
+    hyper = _hyper(**fields)
+    reduce_sum = reduction == "sum"
+    X, T, W0, b0 = make_data(n, d, o, np.float64, seed=n + o)
+    W, b = W0.copy(), b0.copy()
+    k = rules.slot_count(int(hyper[0]["rule"]), float(hyper[0]["momentum"]), bool(hyper[0]["amsgrad"]))
+    state = _state(k, W)
+    ws = {}
+    got = [cpu_ops.fused_step(X, T, W, b, True, state, hyper, reduce_sum, ws) for _ in range(2)]
+    assert [status for _, status in got] == [abi.OK, abi.OK]
+    assert state.counters[abi.CNT_STEP] == 2 and state.counters[abi.CNT_POS] == state.counters[abi.CNT_EPOCH] == 0
+    plan = cpu_ops.fit_plan(n, o, d, 16, True, 11, np.float64)
+    losses = np.empty(5)
+    assert cpu_ops.fit_steps(X, T, W, b, True, state, hyper, reduce_sum, plan, losses) == (5, abi.OK)
+    minibatches, epoch, pos = _shuffled_batches(n, 16, 11, 5)
+    assert state.counters[abi.CNT_STEP] == 7
+    assert (state.counters[abi.CNT_EPOCH], state.counters[abi.CNT_POS]) == (epoch, pos)
+    # a lone update from a given gradient (the loss's gradient over all rows)
+    _, gW, gb = naive.mse_grad(X, T, W, b, reduction)
+    assert cpu_ops.apply_update(gW, gb, 1.0, W, b, True, state, hyper) == abi.OK
+    assert state.counters[abi.CNT_STEP] == 8 and state.counters[abi.CNT_POS] == pos
+
+    everything = np.arange(n)
+    batches = [everything, everything, *minibatches, everything]
+    tw, tc, tl = _torch_steps(torch, make_opt, make_sched, X, T, W0, b0, batches, reduction)
+    np.testing.assert_allclose(W, tw, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b, tc, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose([loss for loss, _ in got] + list(losses), tl[:7], rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_refused_update_writes_nothing(dtype):
+    """NaN in the gradient: NONFINITE_LOSS; an update beyond the dtype's
+    range (in a parameter or in a slot): NONFINITE_UPDATE; neither writes
+    the parameters, the slots or the counters."""
+    X, T, W, b = make_data(20, 4, 2, dtype)
+    hyper = _hyper(**ADAM)
+    state = _state(2, W)
+    assert cpu_ops.fused_step(X, T, W, b, True, state, hyper, False, {})[1] == abi.OK
+    before = (W.copy(), b.copy(), state.slots_w.copy(), state.slots_b.copy(), state.counters.copy())
+    gW = np.ones((2, 4))
+    gW[1, 3] = np.nan
+    assert cpu_ops.apply_update(gW, np.ones(2), 1.0, W, b, True, state, hyper) == abi.NONFINITE_LOSS
+    # Adam's step is bounded by lr, but its second moment (g²) is not: it overflows first
+    huge = np.full((2, 4), 1e200 if dtype == np.float64 else 1e30)
+    assert cpu_ops.apply_update(huge, np.ones(2), 1.0, W, b, True, state, hyper) == abi.NONFINITE_UPDATE
+    Xbad = X.copy()
+    Xbad[3, 1] = np.inf
+    assert cpu_ops.fused_step(Xbad, T, W, b, True, state, hyper, False, {})[1] == abi.NONFINITE_LOSS
+    for was, now in zip(before, (W, b, state.slots_w, state.slots_b, state.counters)):
+        np.testing.assert_array_equal(was, now)

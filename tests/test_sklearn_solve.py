@@ -50,7 +50,7 @@ def test_normal_solver_matches_linear_regression(shape, fit_intercept):
     scale = np.abs(exact.coef_).max()
     assert_allclose(ours.coef_, exact.coef_, rtol=0, atol=1e-9 * scale)
     assert_allclose(ours.intercept_, exact.intercept_, rtol=0, atol=1e-9 * max(scale, 1.0))
-    assert ours.n_iter_ == 1 and ours.lr_ is None
+    assert ours.n_iter_ == 1 and ours.lr_ is None and ours.lr_curve_ == []
     residual = np.mean((exact.predict(X) - y) ** 2)
     assert ours.loss_curve_[0] == pytest.approx(residual, rel=1e-8, abs=1e-12 * np.var(y))
 
@@ -139,7 +139,8 @@ def test_large_offsets_in_float32_features():
 def test_auto_picks_the_exact_solve_for_the_full_batch_and_gd_otherwise(monkeypatch):
     X, y = data(200, 5, seed=9)
     assert LinearRegressor().fit(X, y).n_iter_ == 1
-    assert LinearRegressor(solver="gd").fit(X, y).n_iter_ > 1
+    assert LinearRegressor(solver="sgd").fit(X, y).n_iter_ > 1
+    assert LinearRegressor(solver="adam").fit(X, y).n_iter_ > 1
     mini = LinearRegressor(batch_size=32, random_state=0, tol=None, max_iter=3).fit(X, y)
     assert mini.n_iter_ == 3 and mini.lr_ is not None
     monkeypatch.setattr(fsk, "AUTO_EXACT_MAX_FEATURES", 4)
@@ -163,7 +164,7 @@ def test_partial_fit_after_an_exact_fit_continues_from_it():
     assert_allclose(model.coef_, coef, rtol=0, atol=1e-2 * np.abs(coef).max())
 
 
-@pytest.mark.parametrize("solver", ["exact", "sgd", 1, None])
+@pytest.mark.parametrize("solver", ["exact", "SGD", "lbfgs", "adamw", 1, None])
 def test_bad_solver_raises_at_fit(solver):
     model = LinearRegressor(solver=solver)
     with pytest.raises(ValueError, match="solver"):
@@ -234,7 +235,7 @@ def test_mini_batch_lr_auto_on_huge_features_is_finite():
     assert np.all(np.isfinite(model.coef_))
 
 
-@pytest.mark.parametrize("solver", ["auto", "normal", "gd"])
+@pytest.mark.parametrize("solver", ["auto", "normal", "sgd", "adam"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nan_or_inf_in_x_is_refused_by_every_solver(solver, bad):
     # the exact solve finds them in its sums instead of a separate pass

@@ -123,32 +123,71 @@ def test_the_threshold_is_what_the_tests_assume():
     assert cpu.TILE_GRADIENT_MIN_OUT == 4 and cpu.FLUSH_ROWS % cpu.GROUP == 0
 
 
+def test_scratch_layout_carves_disjoint_parts_that_fill_the_buffer():
+    """The one layout gives the allocation's size and every view the kernels carve."""
+    for n_out, n_in, n_chunks in [(1, 1, 1), (3, 5, 2), (9, 16, 4), (16, 63, 1), (17, 7, 3)]:
+        at = cpu.scratch_layout(n_out, n_in, n_chunks)
+        pad = -(-n_out // cpu.OUT_TILE) * cpu.OUT_TILE
+        assert at.pad == pad and at.r_p == n_in * pad
+        od = n_out * n_in
+        assert (at.gb, at.loss_p, at.gW_p, at.gb_p, at.tiles) == (
+            od,
+            od + n_out,
+            od + n_out + n_chunks,
+            od + n_out + n_chunks + n_chunks * od,
+            od + n_out + n_chunks + n_chunks * od + n_chunks * n_out,
+        )
+        assert at.size == at.tiles + n_in * pad + n_chunks * cpu.FLUSH_ROWS * pad
+        X = np.zeros((5, n_in), np.float32)
+        W = np.zeros((n_out, n_in), np.float32)
+        work = np.arange(at.size, dtype=np.float64)
+        gW, gb, loss_p, gW_p, gb_p, tiled, WT, R_p = cpu._carve(work, X, W, n_chunks)
+        # the float64 parts, in order and back to back
+        seen = np.concatenate([a.ravel() for a in (gW, gb, loss_p, gW_p, gb_p)])
+        np.testing.assert_array_equal(seen, np.arange(at.tiles))
+        assert gW_p.shape == (n_chunks, n_out, n_in) and gb_p.shape == (n_chunks, n_out)
+        if n_out >= cpu.TILE_GRADIENT_MIN_OUT:  # the float32 tail: WT then R_p, inside the buffer
+            assert WT.shape == (n_in, pad) and R_p.shape == (n_chunks, cpu.FLUSH_ROWS, pad)
+            WT[...] = 1.0
+            R_p[...] = 2.0
+            tail = work[at.tiles :].view(np.float32)
+            assert (tail[: at.r_p] == 1.0).all() and (tail[at.r_p : at.r_p + R_p.size] == 2.0).all()
+            np.testing.assert_array_equal(work[: at.tiles], np.arange(at.tiles))  # the sums untouched
+        else:
+            assert WT.size == 0 and R_p.size == 0 and not tiled
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_tile_scratch_is_used_only_when_it_fits(dtype):
     """A work buffer sized without the tile scratch falls back to the pair kernel."""
     X, T, W, b = make_data(100, 16, 9, dtype)
     n_out, n_in = W.shape
-    full = np.zeros(cpu.work_size(n_out, n_in, 1))
-    short = np.zeros(cpu._sums_count(n_out, n_in, 1))
-    assert cpu._tile_scratch(full, X, W, 1)[0] == (dtype == np.float32)
-    assert not cpu._tile_scratch(short, X, W, 1)[0]
-    narrow = cpu._tile_scratch(np.zeros(cpu.work_size(4, n_in, 1)), X, W[:4].copy(), 1)
+
+    def carve(work, W_):
+        return cpu._carve(work, X, W_, 1)[5:]  # (tiled, WT, R_p)
+
+    full = np.zeros(cpu.scratch_layout(n_out, n_in, 1).size)
+    short = np.zeros(cpu.scratch_layout(n_out, n_in, 1).tiles)
+    assert carve(full, W)[0] == (dtype == np.float32)
+    assert not carve(short, W)[0]
+    narrow = carve(np.zeros(cpu.scratch_layout(4, n_in, 1).size), W[:4].copy())
     assert not narrow[0]  # too few outputs for the tiled kernel ...
     assert narrow[2].shape[0] == (1 if dtype == np.float32 else 0)  # ... but the pair kernel's gradient tiles
     for few in (1, 2, 3):  # the tall case (and 2-3 outputs) keep the plain pair kernel
-        plain = cpu._tile_scratch(np.zeros(cpu.work_size(few, n_in, 1)), X, W[:few].copy(), 1)
+        plain = carve(np.zeros(cpu.scratch_layout(few, n_in, 1).size), W[:few].copy())
         assert not plain[0] and plain[2].shape[0] == 0
     # and the fused step gives the reference's loss either way
     loss = naive.mse_grad(X, T, W, b)[0]
+    limit = float(np.finfo(dtype).max)
     for work in (full, short):
-        hp = np.zeros(abi.HP_SIZE)
-        hp[abi.HP_MAX] = np.finfo(dtype).max
-        state = np.zeros(abi.ST_SIZE, np.int64)
+        slots_w = np.zeros((0, n_out, n_in), dtype)
+        slots_b = np.zeros((0, n_out), dtype)
+        counters = np.zeros(abi.CNT_SIZE, np.int64)
         acc = np.zeros((1, n_out, n_in), dtype)
         got, status = cpu.fused_step(
-            X, T, W.copy(), b.copy(), True, np.zeros_like(W), np.zeros_like(b), hp, state, 100, work, acc
+            X, T, W.copy(), b.copy(), True, slots_w, slots_b, counters, abi.new_hyper(), False, limit, 100, work, acc
         )
-        assert status == abi.OK
+        assert status == abi.OK and counters[abi.CNT_STEP] == 1
         np.testing.assert_allclose(got, loss, **tol(dtype))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastlin
-from fastlin import layer
+from fastlin import training
 from tests.support import naive
 from tests.support.helpers import make_data, tol
 
@@ -61,7 +61,7 @@ def test_epochs_count_partial_batches():
     hist = fastlin.Linear.from_weights(W, b).fit(X, T, epochs=3, batch_size=4, lr=0.01, seed=0)
     assert len(hist) == 9  # ceil(10 / 4) = 3 steps an epoch
     assert len(fastlin.Linear.from_weights(W, b).fit(X, T, epochs=2, lr=0.01)) == 2
-    assert len(fastlin.Linear.from_weights(W, b).fit(X, T, lr=0.01)) == layer.DEFAULT_STEPS
+    assert len(fastlin.Linear.from_weights(W, b).fit(X, T, lr=0.01)) == training.DEFAULT_STEPS
     assert len(fastlin.Linear.from_weights(W, b).fit(X, T, steps=0, lr=0.01)) == 0
 
 
@@ -272,8 +272,8 @@ def test_long_fits_run_in_segments_with_identical_results(monkeypatch):
     one = fastlin.Linear.from_weights(W, b)
     h1 = one.fit(X, T, steps=200, lr=0.05, batch_size=7, seed=3)
     calls = []
-    monkeypatch.setattr(layer, "ONE_CALL_WORK", 0)  # force segmenting
-    monkeypatch.setattr(layer, "SEGMENT_SECONDS", 0.0)
+    monkeypatch.setattr(training, "ONE_CALL_WORK", 0)  # force segmenting
+    monkeypatch.setattr(training, "SEGMENT_SECONDS", 0.0)
     seg = fastlin.Linear.from_weights(W, b)
     orig = seg._ops.fit_steps
     monkeypatch.setattr(seg._ops, "fit_steps", lambda *a: calls.append(len(a[-1])) or orig(*a))
@@ -346,9 +346,9 @@ def test_history_grown_in_segments_equals_one_call(shape, monkeypatch):
     X, T, W, b = make_data(*shape, seed=14)
     one = fastlin.Linear.from_weights(W, b)
     h1 = one.fit(X, T, steps=45, lr=0.05, batch_size=7, seed=3)
-    monkeypatch.setattr(layer, "ONE_CALL_WORK", 0)  # segments of about one step each
-    monkeypatch.setattr(layer, "SEGMENT_SECONDS", 0.0)
-    monkeypatch.setattr(layer, "HISTORY_START", 2)  # so the buffer grows many times
+    monkeypatch.setattr(training, "ONE_CALL_WORK", 0)  # segments of about one step each
+    monkeypatch.setattr(training, "SEGMENT_SECONDS", 0.0)
+    monkeypatch.setattr(training, "HISTORY_START", 2)  # so the buffer grows many times
     seg = fastlin.Linear.from_weights(W, b)
     h2 = seg.fit(X, T, steps=45, lr=0.05, batch_size=7, seed=3)
     np.testing.assert_array_equal(h1.loss, h2.loss)

@@ -95,8 +95,3 @@ CNT_DONE = 5  # steps completed by the queued kernels
 CNT_BAD = 6  # the two-kernel update found a value it must not write
 CNT_BAD_GRAD = 7  # ... and that value was a gradient (a NaN/Inf loss)
 CNT_DEVICE_SIZE = 8
-
-# TRANSITIONAL: the old unnamed layouts, still read by code being moved to
-# the names above in this change.  Deleted before it lands.
-ST_HAS_BUF, ST_EPOCH, ST_POS, ST_SIZE = 0, 1, 2, 3
-HP_LR, HP_MOMENTUM, HP_DAMPENING, HP_WEIGHT_DECAY, HP_NESTEROV, HP_SUM, HP_MAX, HP_SIZE = range(8)

@@ -2,7 +2,10 @@
 
 :class:`fastlin.Linear` talks to a backend only through the functions in this
 module; :mod:`fastlin.backends.cuda_ops` provides the same functions for GPUs.
-Arguments arrive validated (right shapes, C-contiguous, the model's dtype).
+It implements :class:`fastlin.backends.protocol.Ops`, in the contract's
+argument order (data, parameters, optimiser state and ``hyper``, settings,
+scratch); ``tests/test_contract.py`` checks the names.  Arguments arrive
+validated (right shapes, C-contiguous, the model's dtype).
 ``ws`` is a dict owned by the caller that caches scratch buffers, so a step
 on a fixed shape allocates nothing after the first call.  One ``ws`` must
 serve one call at a time: the layer keeps one per thread (and one for its
@@ -37,6 +40,10 @@ from . import cpu
 from .abi import OK
 
 name = "cpu"
+
+# The dtype's largest finite value, which the kernels refuse to exceed
+# (a dict look-up: 65 ns against 370 ns for float(np.finfo(dtype).max).
+_LIMITS = {np.dtype(t): float(np.finfo(t).max) for t in (np.float32, np.float64)}
 
 # Work splitting for row reductions.  A chunk is worth a thread hand-off only
 # above ~32k multiply-adds; 64 chunks keep up to 64 threads busy; and the
@@ -90,7 +97,7 @@ def _scratch(ws, n_rows, W):
     if got is None:
         n_out, n_in = W.shape
         chunk_rows, n_chunks = plan_chunks(n_rows, n_out, n_in)
-        work = np.empty(cpu.work_size(n_out, n_in, n_chunks), dtype=np.float64)
+        work = np.empty(cpu.scratch_layout(n_out, n_in, n_chunks).size, dtype=np.float64)
         acc = np.empty((n_chunks, n_out, n_in), dtype=W.dtype)
         got = ws[key] = (chunk_rows, n_chunks, work, acc)
         stale = [k for k in ws if isinstance(k, tuple) and k[0] == "scratch"][:-SCRATCH_CACHE]
@@ -454,17 +461,31 @@ def _gemm_forward(W, b, X):
     return Y
 
 
-def _gemm_step(W, b, has_bias, bufW, bufb, hp, state, X, T, ws, rows=None, start=0, n=None):
+def _gemm_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws, rows=None, start=0, n=None):
     n = X.shape[0] - start if n is None else n
     sse, gW, gb = _gemm_sums(W, b, X, T, ws, rows, start, n)
-    loss, status = cpu._finish_step(sse, n, W, b, has_bias, gW, gb, bufW, bufb, hp, state)
+    loss, status = cpu._finish_step(
+        gW,
+        gb,
+        sse,
+        n,
+        W,
+        b,
+        has_bias,
+        state.slots_w,
+        state.slots_b,
+        state.counters,
+        hyper,
+        reduce_sum,
+        _LIMITS[W.dtype],
+    )
     return float(loss), int(status)
 
 
 # --------------------------------------------------------------------------
 # operations
 # --------------------------------------------------------------------------
-def forward(W, b, has_bias, X):
+def forward(X, W, b, has_bias):
     n_rows, n_in = X.shape
     n_out = W.shape[0]
     if uses_gemm(n_out, n_in):
@@ -483,7 +504,7 @@ def sse(P, T):
     return float(kernel(P, T, chunk_rows, partial))
 
 
-def model_sse(W, b, has_bias, X, T, ws=None):
+def model_sse(X, T, W, b, has_bias, ws):
     """``Σ (X·Wᵀ + b − T)²`` without materialising the prediction."""
     if uses_gemm(*W.shape):
         return _gemm_sums(W, b, X, T, {} if ws is None else ws, grad=False)[0]
@@ -493,7 +514,7 @@ def model_sse(W, b, has_bias, X, T, ws=None):
     return float(kernel(X, T, W, b, chunk_rows, partial))
 
 
-def mse_grad(W, b, has_bias, X, T, scale, ws, dtype=None):
+def mse_grad(X, T, W, b, has_bias, scale, ws, dtype=None):
     """Returns ``(Σ r², scale·Σ rᵀX, scale·Σ r)`` with ``r = X·Wᵀ + b − T``.
 
     Sums are float64; the gradients come back in ``dtype`` (default: the
@@ -512,7 +533,7 @@ def mse_grad(W, b, has_bias, X, T, scale, ws, dtype=None):
     return float(loss), (scale * dW).astype(dtype, copy=False), (scale * db).astype(dtype, copy=False)
 
 
-def backward(W, X, dY, ws):
+def backward(X, dY, W, ws):
     """Returns ``(dX, dW, db)`` in the parameters' dtype (float64 sums inside)."""
     n_out, n_in = W.shape
     chunk_rows, n_chunks, work, _ = _scratch(ws, X.shape[0], W)
@@ -524,22 +545,50 @@ def backward(W, X, dY, ws):
     return dX, dW.astype(W.dtype), db.astype(W.dtype)
 
 
-def fused_step(W, b, has_bias, bufW, bufb, hp, state, X, T, ws):
-    """One full-batch SGD step in place.  Returns ``(loss, status)``."""
+def fused_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws):
+    """One full-batch step in place (W, b, ``state``).  Returns ``(loss, status)``."""
     n_out, n_in = W.shape
     if uses_gemm(n_out, n_in):
-        return _gemm_step(W, b, has_bias, bufW, bufb, hp, state, X, T, ws)
+        return _gemm_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws)
     chunk_rows, n_chunks, work, acc = _scratch(ws, X.shape[0], W)
     kernel = cpu.fused_step_parallel if n_chunks > 1 else cpu.fused_step
-    loss, status = kernel(X, T, W, b, has_bias, bufW, bufb, hp, state, chunk_rows, work, acc)
+    loss, status = kernel(
+        X,
+        T,
+        W,
+        b,
+        has_bias,
+        state.slots_w,
+        state.slots_b,
+        state.counters,
+        hyper,
+        reduce_sum,
+        _LIMITS[W.dtype],
+        chunk_rows,
+        work,
+        acc,
+    )
     return float(loss), int(status)
 
 
-def sgd_update(W, b, has_bias, bufW, bufb, hp, flags, gW, gb, scale):
-    """SGD update from a given gradient ``scale·(gW, gb)``.  Returns a status."""
+def learning_rates(hyper, first_step, n):
+    """The float64 learning rates of ``n`` steps from step ``first_step``
+    under ``hyper``'s schedule (host-side, whatever the model's device)."""
+    out = np.empty(n, dtype=np.float64)
+    if n:
+        cpu.learning_rates(hyper, first_step, out)
+    return out
+
+
+def apply_update(gW, gb, scale, W, b, has_bias, state, hyper):
+    """The update of ``hyper`` from a given gradient ``scale·(gW, gb)``.  Returns a status."""
     gW = np.ascontiguousarray(gW, dtype=np.float64)
     gb = np.ascontiguousarray(gb, dtype=np.float64)
-    return int(cpu.apply_update(W, b, has_bias, gW, gb, scale, bufW, bufb, hp, flags))
+    return int(
+        cpu.apply_update(
+            gW, gb, scale, W, b, has_bias, state.slots_w, state.slots_b, state.counters, hyper, _LIMITS[W.dtype]
+        )
+    )
 
 
 class FitPlan:
@@ -556,7 +605,7 @@ class FitPlan:
         self.chunk_rows, n_chunks = plan_chunks(self.batch_size, n_out, n_in)
         if self.gemm:
             n_chunks = 0  # no kernel scratch on the GEMM path
-        self.work = np.empty(cpu.work_size(n_out, n_in, n_chunks), dtype=np.float64)
+        self.work = np.empty(cpu.scratch_layout(n_out, n_in, n_chunks).size, dtype=np.float64)
         self.acc = np.empty((n_chunks, n_out, n_in), dtype=dtype)
         self.kernel = cpu.fit_steps_parallel if n_chunks > 1 else cpu.fit_steps
 
@@ -565,25 +614,27 @@ def fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed, dtype):
     return FitPlan(n_rows, n_out, n_in, batch_size, shuffle, seed, dtype)
 
 
-def fit_steps(W, b, has_bias, bufW, bufb, hp, state, X, T, plan, losses):
+def fit_steps(X, T, W, b, has_bias, state, hyper, reduce_sum, plan, losses):
     """Run ``len(losses)`` steps, writing each loss.  Returns ``(steps done, status)``."""
     if plan.gemm:
-        return _gemm_fit_steps(W, b, has_bias, bufW, bufb, hp, state, X, T, plan, losses)
+        return _gemm_fit_steps(X, T, W, b, has_bias, state, hyper, reduce_sum, plan, losses)
     done, status = plan.kernel(
         X,
         T,
         W,
         b,
         has_bias,
-        bufW,
-        bufb,
-        hp,
-        state,
-        plan.perm,
+        state.slots_w,
+        state.slots_b,
+        state.counters,
+        hyper,
+        reduce_sum,
+        _LIMITS[W.dtype],
         plan.batch_size,
         plan.shuffle,
         plan.seed,
         plan.chunk_rows,
+        plan.perm,
         plan.work,
         plan.acc,
         losses,
@@ -591,19 +642,20 @@ def fit_steps(W, b, has_bias, bufW, bufb, hp, state, X, T, plan, losses):
     return int(done), int(status)
 
 
-def _gemm_fit_steps(W, b, has_bias, bufW, bufb, hp, state, X, T, plan, losses):
+def _gemm_fit_steps(X, T, W, b, has_bias, state, hyper, reduce_sum, plan, losses):
     """The loop of ``cpu.fit_steps`` around GEMM-path steps (each step costs
     milliseconds, so the Python loop costs nothing that shows)."""
     n_rows = X.shape[0]
+    counters = state.counters
     # One hold of BLAS's thread count for the whole segment (each step's own is then free).
     with _hold_blas(min(GEMM_BLOCK_ROWS, plan.batch_size), *W.shape):
         for s in range(len(losses)):
-            pos, n = cpu.next_batch(state, plan.perm, plan.shuffle, plan.seed, plan.batch_size, n_rows)
+            pos, n = cpu.next_batch(counters, plan.perm, plan.shuffle, plan.seed, plan.batch_size, n_rows)
             rows = plan.perm if plan.shuffle else None
-            losses[s], status = _gemm_step(W, b, has_bias, bufW, bufb, hp, state, X, T, plan.ws, rows, pos, n)
+            losses[s], status = _gemm_step(X, T, W, b, has_bias, state, hyper, reduce_sum, plan.ws, rows, pos, n)
             if status != OK:
                 return s, status
-            cpu.advance(state, pos, n, n_rows)
+            cpu.advance(counters, n, n_rows)
     return len(losses), OK
 
 

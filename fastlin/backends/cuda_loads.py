@@ -12,7 +12,7 @@ base address and that a row's length in bytes is a multiple of 16.
 ``.nc`` (the read-only data path) is correct because no kernel writes the
 array it reads this way (X) during the launch.
 
-Only :mod:`fastlin.backends.cuda` imports this module.
+Only :mod:`fastlin.backends.cuda_rows` imports this module.
 """
 
 from __future__ import annotations

@@ -1,33 +1,37 @@
 """The CUDA backend: allocates device arrays, picks a launch plan, launches.
 
-The same interface as :mod:`fastlin.backends.cpu_ops` (see
-:mod:`fastlin.backends`).  Arrays are numba device arrays; losses come back
-as Python floats; ``flags`` stays a host numpy int64 vector (it is copied to
-the device state at the start of a call and back at the end).
+The interface of :mod:`fastlin.backends.protocol` (``Ops``), as
+:mod:`fastlin.backends.cpu_ops`.  Arrays are numba device arrays; losses
+come back as Python floats.  An optimiser's ``state`` has its slots on the
+device and its ``counters`` on the host (they are copied into the device
+counters at the start of a call and back at the end); ``hyper`` is a host
+``abi.HYPER`` array, copied to the device once per array.
 
 Two launch plans, chosen from the layer's shape (:func:`path_for`):
 
-``"F"`` (row tiles; at most ``min(cuda.OMAX, cuda.TPB)`` outputs and
-    ``cuda.ACC·cuda.TPB`` parameters)
-    A step is two launches: :func:`fastlin.backends.cuda.step_partials`
+``"rows"`` (row streaming; at most ``min(OMAX, TPB)`` outputs and
+    ``ACC·TPB`` parameters, see :mod:`.cuda_config`)
+    A step is two launches: :func:`fastlin.backends.cuda_rows.step_partials`
     reads X once (128-bit loads where the rows are 16-byte aligned) into
-    per-block partials, and :func:`fastlin.backends.cuda.step_update` (one
+    per-block partials, and :func:`fastlin.backends.cuda_rows.step_update` (one
     block) adds them with a fixed tree and applies the update.  Problems of the seed's size (``batch·O·D <= ONE_LAUNCH_WORK``)
     run a whole fit in one launch of one block
-    (:func:`fastlin.backends.cuda.fit_steps`).
-``"G"`` (any shape)
+    (:func:`fastlin.backends.cuda_rows.fit_steps`).
+``"tiled"`` (any shape)
     TS×TS shared-memory tiles: ``residual``, ``grad_partials``,
     ``update_check``, ``update_apply`` (four launches a step).
 
 A fit of many launches never waits between steps: every kernel reads the
-batch position and the fit's status from the device state, the losses stay
-on the device, and the host reads the state back once at the end.
+batch position and the fit's status from the device counters, the losses
+stay on the device, and the host reads the counters back once at the end.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -38,29 +42,17 @@ from .._dispatch import is_device_array
 from .._errors import DeviceError
 from .._validate import as_host_array, check_dtype_kind, check_not_requires_grad
 from . import cuda as K
-from .abi import OK, ST_SIZE
+from . import cuda_config as config
+from .abi import CNT_DEVICE_SIZE, CNT_DONE, CNT_POS, CNT_SIZE, CNT_STATUS, HYPER, OK
+from .cuda_device import C_ADVANCE, C_BATCH, C_CHUNK, C_GROUPS, C_KROWS, C_NROWS, C_SHUFFLE, C_SIZE, C_VEC
 
 name = "cuda"
 
 SIMULATOR = bool(_cuda_config.ENABLE_CUDASIM)
 
-# Path F splits a batch into at most MAX_CHUNKS blocks of at least TPB rows:
-# 1024 is about two waves of the 4 resident blocks on each of an H200's 132
-# SMs, so that every SM has loads in flight while other blocks compute.  It
-# depends on the shape only, so results are reproducible.
-MAX_CHUNKS = 1024
-# A whole fit runs in one launch of one block while a step has at most this
-# many multiply-adds: below it the launch cost (~20 µs from Python) exceeds
-# the step's work.  The benchmarks (bench/) measure the real crossover.
-ONE_LAUNCH_WORK = 1 << 18
-# Path G: gradient splits over rows are added in a fixed order; enough
-# splits to fill the GPU, each at least MIN_SPLIT_ROWS rows.
-TARGET_BLOCKS = 512
-MIN_SPLIT_ROWS = 256
-# Tests may force the tiled plan G for every shape (FORCE_TILED), and
-# whether a fit runs in one launch (True, False; None: automatic).
-FORCE_TILED = False
-FORCE_ONE_LAUNCH = None
+# Every tuning knob (block sizes, chunk counts, the forced plans of the
+# tests) lives in cuda_config and is read there at each call, so that tests
+# can patch it.
 
 
 def _cdiv(a, b):
@@ -93,15 +85,19 @@ def n_params(n_out, n_in):
 
 
 def path_for(n_out, n_in):
-    """The launch plan for a layer: "F" (row tiles) or "G" (TS×TS tiles)."""
-    if not FORCE_TILED and n_out <= min(K.OMAX, K.TPB) and n_params(n_out, n_in) <= K.ACC * K.TPB:
-        return "F"
-    return "G"
+    """The launch plan for a layer: "rows" (row streaming) or "tiled" (TS×TS tiles)."""
+    if (
+        not config.FORCE_TILED
+        and n_out <= min(config.OMAX, config.TPB)
+        and n_params(n_out, n_in) <= config.ACC * config.TPB
+    ):
+        return "rows"
+    return "tiled"
 
 
 def rows_aligned(X):
     """True when every row of the C-contiguous device array X starts on a
-    16-byte boundary, so that path F may read it with 128-bit loads."""
+    16-byte boundary, so that the rows plan may read it with 128-bit loads."""
     if (X.shape[1] * X.dtype.itemsize) % 16:
         return False
     iface = X.__array_interface__ if SIMULATOR else X.__cuda_array_interface__
@@ -109,24 +105,24 @@ def rows_aligned(X):
 
 
 def plan_chunks(n_rows):
-    """Path F: ``(rows per block, blocks)`` for a batch of ``n_rows``."""
-    n_chunks = max(1, min(MAX_CHUNKS, _cdiv(n_rows, K.TPB)))
+    """Rows plan: ``(rows per block, blocks)`` for a batch of ``n_rows``."""
+    n_chunks = max(1, min(config.MAX_CHUNKS, _cdiv(n_rows, config.TPB)))
     chunk_rows = _cdiv(n_rows, n_chunks)
     return chunk_rows, _cdiv(n_rows, chunk_rows)
 
 
 def plan_splits(n_rows, n_out, n_in):
-    """Path G: ``(rows per split, splits)`` of the gradient over a batch."""
-    tiles = _cdiv(n_out, K.TS) * _cdiv(n_in, K.TS)
-    splits = max(1, min(_cdiv(TARGET_BLOCKS, tiles), _cdiv(n_rows, MIN_SPLIT_ROWS)))
-    rows = _cdiv(_cdiv(n_rows, splits), K.TS) * K.TS
+    """Tiled plan: ``(rows per split, splits)`` of the gradient over a batch."""
+    tiles = _cdiv(n_out, config.TS) * _cdiv(n_in, config.TS)
+    splits = max(1, min(_cdiv(config.TARGET_BLOCKS, tiles), _cdiv(n_rows, config.MIN_SPLIT_ROWS)))
+    rows = _cdiv(_cdiv(n_rows, splits), config.TS) * config.TS
     return rows, _cdiv(n_rows, rows)
 
 
 def row_groups(n_out, n_in):
-    """Path F: how many row groups share the gradient phase of a tile."""
+    """Rows plan: how many row groups share the gradient phase of a tile."""
     n_el = n_params(n_out, n_in)
-    return K.TPB // n_el if n_el <= K.TPB else 1
+    return config.TPB // n_el if n_el <= config.TPB else 1
 
 
 # --------------------------------------------------------------------------
@@ -229,7 +225,7 @@ def as_input(a, name, dtype):
         return view  # the caller's shape check reports it
     out = _cuda.device_array(view.shape, dtype=dtype)
     kernel = K.cast_copy_1d if view.ndim == 1 else K.cast_copy_2d
-    _launch(kernel, min(MAX_CHUNKS, _cdiv(view.size, K.TPB)), K.TPB)(view, out)
+    _launch(kernel, min(config.MAX_CHUNKS, _cdiv(view.size, config.TPB)), config.TPB)(view, out)
     return out
 
 
@@ -265,7 +261,7 @@ def all_finite(a):
     flat = a.reshape(a.size) if a.ndim != 1 else a
     flag = _cuda.to_device(np.zeros(1, dtype=np.int32))
     if flat.size:
-        _launch(K.all_finite, min(MAX_CHUNKS, _cdiv(flat.size, K.TPB)), K.TPB)(flat, flag)
+        _launch(K.all_finite, min(config.MAX_CHUNKS, _cdiv(flat.size, config.TPB)), config.TPB)(flat, flag)
     return int(flag.copy_to_host()[0]) == 0
 
 
@@ -284,36 +280,67 @@ def _host_sum(partials):
 
 
 class _Static:
-    """Device state and plan for a lone full-batch op (no fit): status OK,
-    position 0, no shuffle, no update."""
+    """Device counters and plan for a lone full-batch op (no fit): status
+    OK, position 0, no shuffle, no update."""
 
-    def __init__(self, n_rows, n_out, n_in, has_bias):
-        self.state = _cuda.to_device(np.zeros(K.S_SIZE, dtype=np.int64))
-        cfg = np.zeros(K.C_SIZE, dtype=np.int64)
-        cfg[K.C_NROWS] = cfg[K.C_BATCH] = n_rows
-        cfg[K.C_HAS_BIAS] = int(has_bias)
+    def __init__(self, n_rows, n_out, n_in):
+        self.counters = _cuda.to_device(np.zeros(CNT_DEVICE_SIZE, dtype=np.int64))
+        cfg = np.zeros(C_SIZE, dtype=np.int64)
+        cfg[C_NROWS] = cfg[C_BATCH] = n_rows
         self.split_rows, self.n_splits = plan_splits(n_rows, n_out, n_in)
-        cfg[K.C_KROWS] = self.split_rows
+        cfg[C_KROWS] = self.split_rows
         self.cfg = _cuda.to_device(cfg)
         self.perm = _cuda.device_array(1, dtype=np.int64)
 
 
-def _static(ws, n_rows, n_out, n_in, has_bias):
-    key = ("cuda-static", n_rows, n_out, n_in, bool(has_bias))
+def _static(ws, n_rows, n_out, n_in):
+    key = ("cuda-static", n_rows, n_out, n_in)
     st = ws.get(key)
     if st is None:
-        st = ws[key] = _Static(n_rows, n_out, n_in, has_bias)
+        st = ws[key] = _Static(n_rows, n_out, n_in)
     return st
+
+
+def _limit(dtype):
+    """The largest finite value of the model's dtype: no update may go beyond it."""
+    return float(np.finfo(dtype).max)
+
+
+# Device copies of ``hyper`` arrays.  An optimiser hands out a new array
+# whenever a value changes and never mutates one it handed out, so the id of
+# a host array (kept alive by the entry, so that the id is not reused)
+# names its content.
+_HYPER_CACHE: collections.OrderedDict = collections.OrderedDict()
+_HYPER_CACHE_SIZE = 32
+_HYPER_LOCK = threading.Lock()
+
+
+def _device_hyper(hyper):
+    """The device copy of the one-element ``abi.HYPER`` host array ``hyper``."""
+    key = id(hyper)
+    with _HYPER_LOCK:
+        hit = _HYPER_CACHE.get(key)
+        if hit is not None and hit[0] is hyper:
+            _HYPER_CACHE.move_to_end(key)
+            return hit[1]
+    if hyper.dtype != HYPER or hyper.shape != (1,):
+        raise TypeError(f"hyper must be a one-element array of abi.HYPER, got {hyper.dtype} {hyper.shape}")
+    device = _cuda.to_device(np.ascontiguousarray(hyper))
+    with _HYPER_LOCK:
+        _HYPER_CACHE[key] = (hyper, device)
+        while len(_HYPER_CACHE) > _HYPER_CACHE_SIZE:
+            _HYPER_CACHE.popitem(last=False)
+    return device
 
 
 # --------------------------------------------------------------------------
 # operations
 # --------------------------------------------------------------------------
 def _tiles2d(n_rows, n_out):
-    return (_cdiv(n_rows, K.TS), _cdiv(n_out, K.TS)), (K.TS, K.TS)
+    return (_cdiv(n_rows, config.TS), _cdiv(n_out, config.TS)), (config.TS, config.TS)
 
 
-def forward(W, b, has_bias, X):
+def forward(X, W, b, has_bias):
     n_rows = X.shape[0]
     n_out = W.shape[0]
     Y = _cuda.device_array((n_rows, n_out), dtype=W.dtype)
@@ -324,13 +351,13 @@ def forward(W, b, has_bias, X):
 
 def sse(P, T):
     """Sum of squared differences of two (N, O) device arrays, as a float."""
-    n_blocks = max(1, min(MAX_CHUNKS, _cdiv(P.shape[0] * P.shape[1], K.TPB)))
+    n_blocks = max(1, min(config.MAX_CHUNKS, _cdiv(P.shape[0] * P.shape[1], config.TPB)))
     partial = _cuda.device_array(n_blocks, dtype=np.float64)
-    _launch(K.sse, n_blocks, K.TPB)(P, T, partial)
+    _launch(K.sse, n_blocks, config.TPB)(P, T, partial)
     return _host_sum(partial)
 
 
-def model_sse(W, b, has_bias, X, T, ws=None):
+def model_sse(X, T, W, b, has_bias, ws):
     """``Σ (X·Wᵀ + b − T)²`` without materialising the prediction."""
     grid, block = _tiles2d(X.shape[0], W.shape[0])
     partial = _cuda.device_array(grid[0] * grid[1], dtype=np.float64)
@@ -338,61 +365,65 @@ def model_sse(W, b, has_bias, X, T, ws=None):
     return _host_sum(partial)
 
 
-def _grad_g(W, b, has_bias, X, T, ws):
-    """Path G gradient partials of a full batch: (loss partials, part, splits)."""
+def _grad_tiled(X, T, W, b, has_bias, ws):
+    """Tiled gradient partials of a full batch: (loss partials, part, splits)."""
     n_rows, n_in = X.shape
     n_out = W.shape[0]
-    st = _static(ws, n_rows, n_out, n_in, has_bias)
+    st = _static(ws, n_rows, n_out, n_in)
     grid, block = _tiles2d(n_rows, n_out)
     R = _scratch(ws, "R", (n_rows, n_out))
-    loss_p = _scratch(ws, "loss_g", (grid[0] * grid[1],))
-    part = _scratch(ws, "part_g", (st.n_splits * n_params(n_out, n_in),))
-    _launch(K.residual, grid, block)(X, T, W, b, st.state, st.perm, st.cfg, R, loss_p)
-    ggrid = (_cdiv(n_in, K.TS), _cdiv(n_out, K.TS), st.n_splits)
-    _launch(K.grad_partials, ggrid, block)(X, R, st.state, st.perm, st.cfg, part)
+    loss_p = _scratch(ws, "loss_tiled", (grid[0] * grid[1],))
+    part = _scratch(ws, "part_tiled", (st.n_splits * n_params(n_out, n_in),))
+    _launch(K.residual, grid, block)(X, T, W, b, has_bias, st.counters, st.cfg, st.perm, R, loss_p)
+    ggrid = (_cdiv(n_in, config.TS), _cdiv(n_out, config.TS), st.n_splits)
+    _launch(K.grad_partials, ggrid, block)(X, R, st.counters, st.cfg, st.perm, part)
     return loss_p, part, st.n_splits
 
 
-def mse_grad(W, b, has_bias, X, T, scale, ws, dtype=None):
+def mse_grad(X, T, W, b, has_bias, scale, ws, dtype=None):
     """Returns ``(Σ r², scale·Σ rᵀX, scale·Σ r)`` with ``r = X·Wᵀ + b − T``;
     the gradients are device arrays of ``dtype`` (default: W's)."""
     n_rows, n_in = X.shape
     n_out = W.shape[0]
     n_el = n_params(n_out, n_in)
-    if path_for(n_out, n_in) == "F":
+    if path_for(n_out, n_in) == "rows":
         chunk_rows, n_parts = plan_chunks(n_rows)
-        loss_p = _scratch(ws, "loss_f", (n_parts,))
-        part = _scratch(ws, "part_f", (n_parts * n_el,))
+        loss_p = _scratch(ws, "loss_rows", (n_parts,))
+        part = _scratch(ws, "part_rows", (n_parts * n_el,))
         groups = row_groups(n_out, n_in)
-        _launch(K.mse_grad, n_parts, K.TPB)(X, T, W, b, has_bias, chunk_rows, groups, rows_aligned(X), loss_p, part)
+        _launch(K.mse_grad, n_parts, config.TPB)(
+            X, T, W, b, has_bias, chunk_rows, groups, rows_aligned(X), loss_p, part
+        )
     else:
-        loss_p, part, n_parts = _grad_g(W, b, has_bias, X, T, ws)
+        loss_p, part, n_parts = _grad_tiled(X, T, W, b, has_bias, ws)
     dtype = W.dtype if dtype is None else np.dtype(dtype)
     dW = _cuda.device_array((n_out, n_in), dtype=dtype)
     db = _cuda.device_array(n_out, dtype=dtype)
-    _launch(K.reduce_grad, _cdiv(n_el, K.TPB), K.TPB)(part, n_parts, float(scale), dW, db)
+    _launch(K.reduce_grad, _cdiv(n_el, config.TPB), config.TPB)(part, n_parts, float(scale), dW, db)
     return _host_sum(loss_p), dW, db
 
 
-def backward(W, X, dY, ws):
+def backward(X, dY, W, ws):
     """Returns ``(dX, dW, db)`` as device arrays of W's dtype (float64 sums)."""
     n_rows, n_in = X.shape
     n_out = W.shape[0]
     dX = _cuda.device_array((n_rows, n_in), dtype=W.dtype)
-    _launch(K.backward, _cdiv(n_rows * n_in, K.TPB), K.TPB)(dY, W, dX)
-    st = _static(ws, n_rows, n_out, n_in, True)
+    _launch(K.backward, _cdiv(n_rows * n_in, config.TPB), config.TPB)(dY, W, dX)
+    st = _static(ws, n_rows, n_out, n_in)
     n_el = n_params(n_out, n_in)
-    part = _scratch(ws, "part_g", (st.n_splits * n_el,))
-    ggrid = (_cdiv(n_in, K.TS), _cdiv(n_out, K.TS), st.n_splits)
-    _launch(K.grad_partials, ggrid, (K.TS, K.TS))(X, dY, st.state, st.perm, st.cfg, part)
+    part = _scratch(ws, "part_tiled", (st.n_splits * n_el,))
+    ggrid = (_cdiv(n_in, config.TS), _cdiv(n_out, config.TS), st.n_splits)
+    _launch(K.grad_partials, ggrid, (config.TS, config.TS))(X, dY, st.counters, st.cfg, st.perm, part)
     dW = _cuda.device_array((n_out, n_in), dtype=W.dtype)
     db = _cuda.device_array(n_out, dtype=W.dtype)
-    _launch(K.reduce_grad, _cdiv(n_el, K.TPB), K.TPB)(part, st.n_splits, 1.0, dW, db)
+    _launch(K.reduce_grad, _cdiv(n_el, config.TPB), config.TPB)(part, st.n_splits, 1.0, dW, db)
     return dX, dW, db
 
 
-def fused_step(W, b, has_bias, bufW, bufb, hp, flags, X, T, ws):
-    """One full-batch SGD step in place.  Returns ``(loss, status)``."""
+def fused_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws):
+    """One full-batch optimiser step in place.  Returns ``(loss, status)``;
+    ``state.counters`` counts the step (CNT_STEP, CNT_HAS_BUF) but the fit
+    position (CNT_EPOCH, CNT_POS) stays."""
     n_rows, n_in = X.shape
     n_out = W.shape[0]
     key = ("cuda-step", n_rows, n_out, n_in)
@@ -400,42 +431,61 @@ def fused_step(W, b, has_bias, bufW, bufb, hp, flags, X, T, ws):
     if plan is None:
         plan = ws[key] = FitPlan(n_rows, n_out, n_in, None, False, 0, advance=False)
         plan.step_loss = _cuda.device_array(1, dtype=np.float64)
-    _, status = fit_steps(W, b, has_bias, bufW, bufb, hp, flags, X, T, plan, plan.step_loss)
+    _, status = fit_steps(X, T, W, b, has_bias, state, hyper, reduce_sum, plan, plan.step_loss)
     return float(plan.step_loss.copy_to_host()[0]), status
 
 
-def sgd_update(W, b, has_bias, bufW, bufb, hp, flags, gW, gb, scale):
-    """SGD update from a given float64 gradient ``scale·(gW, gb)`` (host
-    arrays).  Returns a status; nothing is written unless it is OK."""
+def apply_update(gW, gb, scale, W, b, has_bias, state, hyper):
+    """The optimiser's update from a given float64 gradient ``scale·(gW,
+    gb)`` (host arrays).  Returns a status; nothing is written unless it is
+    OK.  Counts the step (CNT_STEP) like a lone fused step."""
     n_out, n_in = W.shape
     n_el = n_params(n_out, n_in)
     grad = np.empty(n_el, dtype=np.float64)
     grad[: n_out * n_in] = np.asarray(gW, dtype=np.float64).reshape(-1)
     grad[n_out * n_in :] = np.asarray(gb, dtype=np.float64)
     part = _cuda.to_device(grad)
-    host_state = np.zeros(K.S_SIZE, dtype=np.int64)
-    host_state[:ST_SIZE] = flags[:ST_SIZE]
-    state = _cuda.to_device(host_state)
-    cfg = np.zeros(K.C_SIZE, dtype=np.int64)
-    cfg[K.C_NROWS] = cfg[K.C_BATCH] = 1
-    cfg[K.C_HAS_BIAS] = int(has_bias)
+    host = np.zeros(CNT_DEVICE_SIZE, dtype=np.int64)
+    host[:CNT_SIZE] = state.counters[:CNT_SIZE]
+    counters = _cuda.to_device(host)
+    cfg = np.zeros(C_SIZE, dtype=np.int64)
+    cfg[C_NROWS] = cfg[C_BATCH] = 1
     cfg = _cuda.to_device(cfg)
-    scratch = _cuda.device_array(2 * n_el + 1, dtype=np.float64)
+    k = state.slots_w.shape[0]
+    scratch = _cuda.device_array((1 + k) * n_el + 1, dtype=np.float64)
     no_loss = _cuda.device_array(1, dtype=np.float64)
-    hp_d = _cuda.to_device(np.ascontiguousarray(hp, dtype=np.float64))
-    grid = _cdiv(n_el, K.TPB)
-    _launch(K.update_check, grid, K.TPB)(
-        W, b, bufW, bufb, hp_d, state, cfg, no_loss, 0, part, 1, scratch, float(scale), no_loss
+    hyper_d = _device_hyper(hyper)
+    limit = _limit(W.dtype)
+    grid = _cdiv(n_el, config.TPB)
+    slots_w, slots_b = state.slots_w, state.slots_b
+    _launch(K.update_check, grid, config.TPB)(
+        no_loss,
+        0,
+        part,
+        1,
+        float(scale),
+        W,
+        b,
+        has_bias,
+        slots_w,
+        slots_b,
+        counters,
+        hyper_d,
+        False,
+        limit,
+        cfg,
+        scratch,
+        no_loss,
     )
-    _launch(K.update_apply, grid, K.TPB)(W, b, bufW, bufb, hp_d, state, cfg, scratch, True)
-    state.copy_to_host(host_state)
-    flags[:ST_SIZE] = host_state[:ST_SIZE]
-    return int(host_state[K.S_STATUS])
+    _launch(K.update_apply, grid, config.TPB)(W, b, has_bias, slots_w, slots_b, counters, hyper_d, cfg, True, scratch)
+    counters.copy_to_host(host)
+    state.counters[:CNT_SIZE] = host[:CNT_SIZE]
+    return int(host[CNT_STATUS])
 
 
 class FitPlan:
     """What a fit keeps between its segments: batch size, launch plan, the
-    device state, the shuffle order and scratch (all on the device)."""
+    device counters, the shuffle order and scratch (all on the device)."""
 
     def __init__(self, n_rows, n_out, n_in, batch_size, shuffle, seed, *, advance=True):
         self.n_rows = n_rows
@@ -446,136 +496,188 @@ class FitPlan:
         self.seed = np.uint64(0 if seed is None else seed % (1 << 64))
         self.advance = advance
         self.path = path_for(n_out, n_in)
-        n_el = n_params(n_out, n_in)
         batch = self.batch_size
         self.perm = _cuda.device_array(n_rows if self.shuffle else 1, dtype=np.int64)
-        cfg = np.zeros(K.C_SIZE, dtype=np.int64)
-        cfg[K.C_NROWS] = n_rows
-        cfg[K.C_BATCH] = batch
-        cfg[K.C_SHUFFLE] = int(self.shuffle)
-        cfg[K.C_ADVANCE] = int(advance)
-        if self.path == "F":
-            one = batch * n_out * n_in <= ONE_LAUNCH_WORK if FORCE_ONE_LAUNCH is None else FORCE_ONE_LAUNCH
+        cfg = np.zeros(C_SIZE, dtype=np.int64)
+        cfg[C_NROWS] = n_rows
+        cfg[C_BATCH] = batch
+        cfg[C_SHUFFLE] = int(self.shuffle)
+        cfg[C_ADVANCE] = int(advance)
+        if self.path == "rows":
+            one = (
+                batch * n_out * n_in <= config.ONE_LAUNCH_WORK
+                if config.FORCE_ONE_LAUNCH is None
+                else config.FORCE_ONE_LAUNCH
+            )
             self.one_launch = bool(one)
-            cfg[K.C_GROUPS] = row_groups(n_out, n_in)
+            cfg[C_GROUPS] = row_groups(n_out, n_in)
             if self.one_launch:
-                cfg[K.C_CHUNK] = batch
-                self.work = _cuda.device_array(1 + 3 * n_el, dtype=np.float64)
+                cfg[C_CHUNK] = batch
+                self.n_chunks = 1
             else:
-                cfg[K.C_CHUNK], self.n_chunks = plan_chunks(batch)
-                self.work = _cuda.device_array(self.n_chunks * (1 + n_el) + 2 * n_el, dtype=np.float64)
+                cfg[C_CHUNK], self.n_chunks = plan_chunks(batch)
         else:
             self.one_launch = False
-            cfg[K.C_KROWS], self.n_splits = plan_splits(batch, n_out, n_in)
+            cfg[C_KROWS], self.n_splits = plan_splits(batch, n_out, n_in)
             self.grid2, self.block2 = _tiles2d(batch, n_out)
             self.n_loss = self.grid2[0] * self.grid2[1]
             self.R = _cuda.device_array((batch, n_out), dtype=np.float64)
             self.loss_p = _cuda.device_array(self.n_loss, dtype=np.float64)
-            self.part = _cuda.device_array(self.n_splits * n_el, dtype=np.float64)
-            self.scratch = _cuda.device_array(2 * n_el + 1, dtype=np.float64)
+            self.part = _cuda.device_array(self.n_splits * n_params(n_out, n_in), dtype=np.float64)
+        self.work = None  # sized by the optimiser's slot count k (_work)
+        self._work_slots = -1
         self._cfg_host = cfg
-        self.cfg = None  # uploaded by fit_steps, which knows has_bias and X
-        self.state = _cuda.device_array(K.S_SIZE, dtype=np.int64)
-        self._state_host = np.zeros(K.S_SIZE, dtype=np.int64)
-        self._hp_host = None
-        self._hp = None
+        self.cfg = None  # uploaded by fit_steps, which knows X's alignment
+        self.counters = _cuda.device_array(CNT_DEVICE_SIZE, dtype=np.int64)
+        self._counters_host = np.zeros(CNT_DEVICE_SIZE, dtype=np.int64)
 
-    def _upload(self, hp, has_bias, vec):
-        if self.cfg is None or self._cfg_host[K.C_HAS_BIAS] != int(has_bias) or self._cfg_host[K.C_VEC] != int(vec):
-            self._cfg_host[K.C_HAS_BIAS] = int(has_bias)
-            self._cfg_host[K.C_VEC] = int(vec)
+    def _work(self, k):
+        """The float64 work buffer for an optimiser with ``k`` slots: row
+        streaming [loss_p (C) | part (C·E) | scratch ((1 + k)·E + 1)], tiled
+        the scratch alone (see cuda_device, "The update")."""
+        if k != self._work_slots:
+            n_el = n_params(self.n_out, self.n_in)
+            size = (1 + k) * n_el + 1
+            if self.path == "rows":
+                size += self.n_chunks * (1 + n_el)
+            self.work = _cuda.device_array(size, dtype=np.float64)
+            self._work_slots = k
+        return self.work
+
+    def _upload(self, vec):
+        if self.cfg is None or self._cfg_host[C_VEC] != int(vec):
+            self._cfg_host[C_VEC] = int(vec)
             self.cfg = _cuda.to_device(self._cfg_host)
-        if self._hp_host is None or not np.array_equal(self._hp_host, hp):
-            self._hp_host = np.array(hp, dtype=np.float64)
-            self._hp = _cuda.to_device(self._hp_host)
-        return self._hp
 
-    def _launch_steps(self, k, X, T, W, b, bufW, bufb, hp, losses, flags):
+    def _launch_steps(self, n_steps, X, T, W, b, has_bias, state, hyper, reduce_sum, limit, losses):
+        slots_w, slots_b, counters = state.slots_w, state.slots_b, self.counters
+        work = self._work(slots_w.shape[0])
         if self.one_launch:
-            _launch(K.fit_steps, 1, K.TPB)(
-                X, T, W, b, bufW, bufb, hp, self.state, self.perm, self.cfg, self.seed, self.work, losses, k
+            _launch(K.fit_steps, 1, config.TPB)(
+                X,
+                T,
+                W,
+                b,
+                has_bias,
+                slots_w,
+                slots_b,
+                counters,
+                hyper,
+                reduce_sum,
+                limit,
+                self.cfg,
+                self.perm,
+                self.seed,
+                n_steps,
+                work,
+                losses,
             )
             return
-        # Two (path F) or four (path G) launches a step, queued without
+        # Two (row streaming) or four (tiled) launches a step, queued without
         # waiting; the host follows the batch position only to know when an
         # epoch starts, and kernels do nothing once a step has failed.
-        pos = int(flags[K.S_POS])
-        for _ in range(k):
+        pos = int(state.counters[CNT_POS])
+        cfg = self._cfg_host
+        for _ in range(n_steps):
             if self.shuffle and pos == 0:
                 # one thread per row: the order is drawn in parallel
-                _launch(K.shuffle_epoch, -(-self.perm.shape[0] // K.TPB), K.TPB)(self.seed, self.state, self.perm)
-            if self.path == "F":
-                cfg = self._cfg_host
-                _launch(K.step_partials, self.n_chunks, K.TPB)(
+                _launch(K.shuffle_epoch, _cdiv(self.perm.shape[0], config.TPB), config.TPB)(
+                    counters, self.seed, self.perm
+                )
+            if self.path == "rows":
+                _launch(K.step_partials, self.n_chunks, config.TPB)(
                     X,
                     T,
                     W,
                     b,
-                    self.state,
-                    self.perm,
+                    has_bias,
+                    counters,
                     self.cfg,
-                    self.work,
-                    bool(cfg[K.C_HAS_BIAS]),
-                    bool(cfg[K.C_SHUFFLE]),
-                    int(cfg[K.C_GROUPS]),
-                    bool(cfg[K.C_VEC]),
-                    int(cfg[K.C_CHUNK]),
+                    self.perm,
+                    bool(cfg[C_SHUFFLE]),
+                    int(cfg[C_GROUPS]),
+                    bool(cfg[C_VEC]),
+                    int(cfg[C_CHUNK]),
+                    work,
                 )
-                _launch(K.step_update, 1, K.TPB)(
-                    W, b, bufW, bufb, hp, self.state, self.cfg, self.work, self.n_chunks, losses
+                _launch(K.step_update, 1, config.TPB)(
+                    W,
+                    b,
+                    has_bias,
+                    slots_w,
+                    slots_b,
+                    counters,
+                    hyper,
+                    reduce_sum,
+                    limit,
+                    self.cfg,
+                    self.n_chunks,
+                    work,
+                    losses,
                 )
             else:
-                self._step_g(X, T, W, b, bufW, bufb, hp, losses)
+                self._step_tiled(X, T, W, b, has_bias, slots_w, slots_b, hyper, reduce_sum, limit, work, losses)
             if self.advance:
                 pos += min(self.batch_size, self.n_rows - pos)
                 if pos >= self.n_rows:
                     pos = 0
 
-    def _step_g(self, X, T, W, b, bufW, bufb, hp, losses):
+    def _step_tiled(self, X, T, W, b, has_bias, slots_w, slots_b, hyper, reduce_sum, limit, scratch, losses):
         n_el = n_params(self.n_out, self.n_in)
-        _launch(K.residual, self.grid2, self.block2)(X, T, W, b, self.state, self.perm, self.cfg, self.R, self.loss_p)
-        ggrid = (_cdiv(self.n_in, K.TS), _cdiv(self.n_out, K.TS), self.n_splits)
-        _launch(K.grad_partials, ggrid, self.block2)(X, self.R, self.state, self.perm, self.cfg, self.part)
-        grid = _cdiv(n_el, K.TPB)
-        _launch(K.update_check, grid, K.TPB)(
-            W,
-            b,
-            bufW,
-            bufb,
-            hp,
-            self.state,
-            self.cfg,
+        counters = self.counters
+        _launch(K.residual, self.grid2, self.block2)(
+            X, T, W, b, has_bias, counters, self.cfg, self.perm, self.R, self.loss_p
+        )
+        ggrid = (_cdiv(self.n_in, config.TS), _cdiv(self.n_out, config.TS), self.n_splits)
+        _launch(K.grad_partials, ggrid, self.block2)(X, self.R, counters, self.cfg, self.perm, self.part)
+        grid = _cdiv(n_el, config.TPB)
+        _launch(K.update_check, grid, config.TPB)(
             self.loss_p,
             self.n_loss,
             self.part,
             self.n_splits,
-            self.scratch,
             0.0,
+            W,
+            b,
+            has_bias,
+            slots_w,
+            slots_b,
+            counters,
+            hyper,
+            reduce_sum,
+            limit,
+            self.cfg,
+            scratch,
             losses,
         )
-        _launch(K.update_apply, grid, K.TPB)(W, b, bufW, bufb, hp, self.state, self.cfg, self.scratch, False)
+        _launch(K.update_apply, grid, config.TPB)(
+            W, b, has_bias, slots_w, slots_b, counters, hyper, self.cfg, False, scratch
+        )
 
 
-def fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed, dtype=None):
+def fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed, dtype):
     """A fit's plan; ``dtype`` is part of the interface (the CPU sizes scratch by it)."""
     return FitPlan(n_rows, n_out, n_in, batch_size, shuffle, seed)
 
 
-def fit_steps(W, b, has_bias, bufW, bufb, hp, flags, X, T, plan, losses):
+def fit_steps(X, T, W, b, has_bias, state, hyper, reduce_sum, plan, losses):
     """Run ``len(losses)`` steps, writing each loss into the device array
-    ``losses``.  Returns ``(steps done, status)``; ``flags`` is updated."""
-    k = losses.shape[0]
-    if k == 0:
+    ``losses``.  Returns ``(steps done, status)``; ``state.counters`` is
+    updated (the one wait of the call reads them back)."""
+    n_steps = losses.shape[0]
+    if n_steps == 0:
         return 0, OK
-    hp_d = plan._upload(hp, has_bias, plan.path == "F" and rows_aligned(X))
-    host = plan._state_host
+    plan._upload(plan.path == "rows" and rows_aligned(X))
+    host = plan._counters_host
     host[:] = 0
-    host[:ST_SIZE] = flags[:ST_SIZE]
-    plan.state.copy_to_device(host)
-    plan._launch_steps(k, X, T, W, b, bufW, bufb, hp_d, losses, flags)
-    plan.state.copy_to_host(host)  # the one wait of the call
-    flags[:ST_SIZE] = host[:ST_SIZE]
-    return int(host[K.S_DONE]), int(host[K.S_STATUS])
+    host[:CNT_SIZE] = state.counters[:CNT_SIZE]
+    plan.counters.copy_to_device(host)
+    plan._launch_steps(
+        n_steps, X, T, W, b, bool(has_bias), state, _device_hyper(hyper), bool(reduce_sum), _limit(W.dtype), losses
+    )
+    plan.counters.copy_to_host(host)  # the one wait of the call
+    state.counters[:CNT_SIZE] = host[:CNT_SIZE]
+    return int(host[CNT_DONE]), int(host[CNT_STATUS])
 
 
 def gram_sums(X, T, sample_weight=None, x_ref=None, t_ref=None):

@@ -6,7 +6,7 @@ The order fastlin's shuffled fits use (epoch ``e`` of a fit seeded ``s``
 visits rows ``permuted_index(0), permuted_index(1), ...`` for (s, e)): the
 CPU fills its ``perm`` array from it at each epoch's start
 (:func:`fastlin.backends.cpu.epoch_permutation`), the GPU fills its own in
-parallel, one thread per row (:func:`fastlin.backends.cuda.shuffle_epoch`),
+parallel, one thread per row (:func:`fastlin.backends.cuda_shuffle.shuffle_epoch`),
 so CPU and GPU shuffled fits visit the same rows.
 
 Construction: an 8-round balanced Feistel network on ``2·h`` bits, ``4**h >=

@@ -8,7 +8,7 @@ whole directory is skipped, with the reason, except modules that set
 half of test_conformance.py, whose ``device`` fixture gives "cpu" and "cuda").
 
 Small thread blocks: the kernels size shared memory with the block size, so
-it is fixed when ``fastlin.backends.cuda`` is first imported.  We set it
+it is fixed when ``fastlin.backends.cuda_config`` is first imported.  We set it
 here, before that, so that arrays of a few dozen rows span several blocks
 and the cross-block reductions really run.
 """
@@ -77,17 +77,21 @@ def simulated():
 
 
 @pytest.fixture(params=["auto", "tiled"])
-def path(request, monkeypatch, cops):
-    """Run a test with the automatic launch plan (row tiles, path F, for the
-    small layers used here) and with the TS×TS tiled plan (path G) forced."""
-    monkeypatch.setattr(cops, "FORCE_TILED", request.param == "tiled")
+def path(request, monkeypatch):
+    """Run a test with the automatic launch plan (the row-streaming kernels,
+    for the small layers used here) and with the TS×TS tiled plan forced."""
+    from fastlin.backends import cuda_config
+
+    monkeypatch.setattr(cuda_config, "FORCE_TILED", request.param == "tiled")
     return request.param
 
 
 @pytest.fixture(params=["one-launch", "per-step"])
-def launches(request, monkeypatch, cops):
+def launches(request, monkeypatch):
     """Run a fit in one launch of one block, and as one launch per step."""
-    monkeypatch.setattr(cops, "FORCE_ONE_LAUNCH", request.param == "one-launch")
+    from fastlin.backends import cuda_config
+
+    monkeypatch.setattr(cuda_config, "FORCE_ONE_LAUNCH", request.param == "one-launch")
     return request.param
 
 

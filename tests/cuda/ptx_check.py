@@ -50,7 +50,7 @@ def main(cc=(9, 0)):
     for dtype in ("float32", "float64"):
         sigs = kernels.launch_signatures(dtype)
         for name, args in sigs.items():
-            sig = f"void({', '.join(args)})"
+            sig = numba.types.void(*args)
             try:
                 ptx, _ = numba.cuda.compile_ptx(getattr(kernels, name).py_func, sig, cc=cc)
             except Exception as exc:
@@ -58,7 +58,7 @@ def main(cc=(9, 0)):
                 print(f"FAIL {name} {dtype}: {type(exc).__name__}: {exc}")
                 continue
             # A float32 kernel must not have picked up float64 *storage*; the
-            # float64 arithmetic is deliberate (see fastlin.backends.cuda).
+            # float64 arithmetic is deliberate (see fastlin.backends.cuda_rows).
             print(f"ok   {name:14s} {dtype}  sm_{cc[0]}{cc[1]}  {len(ptx.splitlines())} PTX lines")
     return 1 if failures else 0
 

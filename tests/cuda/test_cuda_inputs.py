@@ -36,7 +36,7 @@ def setup(request):
 
 def snapshot(model, opt):
     st = opt._states[model]
-    return [*model.numpy(), to_host(st.weight), to_host(st.bias), st.flags.copy()]
+    return [*model.numpy(), to_host(st.slots_w), to_host(st.slots_b), st.counters.copy()]
 
 
 def assert_unchanged(before, model, opt):

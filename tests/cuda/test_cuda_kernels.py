@@ -10,10 +10,12 @@ than half a block (row groups) in others.
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
-from fastlin import SGD
+from fastlin import SGD, Adam, AdamW, schedules
 from fastlin.backends import abi, cpu, cpu_ops
 from tests.support import cuda_ref as ref
 from tests.support.cuda_ref import assert_close, f64, to_host
@@ -38,24 +40,39 @@ def dev(cops, *arrays):
     return [cops.from_host(a) for a in arrays]
 
 
-def test_geometry_runs_several_blocks(kernels, cops):
+def test_geometry_runs_several_blocks(cops):
     """The small blocks set in conftest.py are in force, so the shapes above
     exercise multi-block grids and the cross-block reductions."""
-    if (kernels.TPB, kernels.TS) != (16, 4):
-        pytest.skip(f"FASTLIN_CUDA_TPB/TILE were set to {kernels.TPB}/{kernels.TS} before conftest.py could pick 16/4")
+    from fastlin.backends import cuda_config
+
+    if (cuda_config.TPB, cuda_config.TS) != (16, 4):
+        pytest.skip(
+            f"FASTLIN_CUDA_TPB/TILE were set to {cuda_config.TPB}/{cuda_config.TS} before conftest.py could pick 16/4"
+        )
     assert cops.plan_chunks(37) == (13, 3)
     assert cops.row_groups(2, 3) == 2
-    assert cops.path_for(17, 2) == "G"
+    assert cops.path_for(2, 3) == "rows"
+    assert cops.path_for(17, 2) == "tiled"
+
+
+def test_cuda_ops_conforms_to_the_contract(cops):
+    """Every member of protocol.Ops, with the contract's parameter names in
+    its order; the old entry points are gone."""
+    from fastlin.backends import protocol
+
+    assert protocol.missing_members(cops) == []
+    assert cops.name == "cuda"
+    assert not hasattr(cops, "sgd_update")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward(cops, shape, dtype):
     X, _, W, b = make(*shape, dtype)
-    Y = cops.forward(*dev(cops, W, b), True, cops.from_host(X))
+    Y = cops.forward(cops.from_host(X), *dev(cops, W, b), True)
     assert Y.dtype == dtype and Y.shape == (shape[0], shape[2])
     assert_close(Y, ref.forward(X, W, b), dtype)
-    assert_close(Y, cpu_ops.forward(W, b, True, X), dtype)
+    assert_close(Y, cpu_ops.forward(X, W, b, True), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -64,10 +81,11 @@ def test_sse_and_model_sse(cops, shape, dtype):
     X, T, W, b = make(*shape, dtype)
     P = ref.forward(X, W, b).astype(dtype)
     assert cops.sse(*dev(cops, P, T)) == pytest.approx(ref.sse(P, T), rel=1e-12)
-    dW, db, dX, dT = dev(cops, W, b, X, T)
+    dX, dT, dW, db = dev(cops, X, T, W, b)
     expected = ref.sse(ref.forward(X, W, b), T)
-    assert cops.model_sse(dW, db, True, dX, dT) == pytest.approx(expected, rel=1e-12)
-    assert cpu_ops.model_sse(W, b, True, X, T) == pytest.approx(expected, rel=1e-5 if dtype == np.float32 else 1e-12)
+    assert cops.model_sse(dX, dT, dW, db, True, {}) == pytest.approx(expected, rel=1e-12)
+    rel = 1e-5 if dtype == np.float32 else 1e-12
+    assert cpu_ops.model_sse(X, T, W, b, True, {}) == pytest.approx(expected, rel=rel)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -78,23 +96,23 @@ def test_mse_grad(cops, path, shape, dtype, reduction):
     n, _, o = shape
     scale = 2.0 if reduction == "sum" else 2.0 / (n * o)
     loss, gW, gb = ref.gradients(X, T, W, b, reduction)
-    sse, dW, db = cops.mse_grad(*dev(cops, W, b), True, *dev(cops, X, T), scale, {})
+    sse, dW, db = cops.mse_grad(*dev(cops, X, T, W, b), True, scale, {})
     assert dW.dtype == dtype and db.dtype == dtype
     expected_sse = loss if reduction == "sum" else loss * n * o
-    # Path F forms each row's dot product in the data's dtype, as the CPU
-    # does (1e-5 of the terms' magnitude for float32); path G in float64.
+    # The rows plan forms each row's dot product in the data's dtype, as the
+    # CPU does (1e-5 of the terms' magnitude for float32); tiled in float64.
     assert sse == pytest.approx(expected_sse, rel=1e-5 if dtype == np.float32 else 1e-12)
     assert_close(dW, gW, dtype)
     assert_close(db, gb, dtype)
-    cpu_sse, cpu_dW, cpu_db = cpu_ops.mse_grad(W, b, True, X, T, scale, {})
+    cpu_sse, cpu_dW, cpu_db = cpu_ops.mse_grad(X, T, W, b, True, scale, {})
     assert sse == pytest.approx(cpu_sse, rel=1e-6 if dtype == np.float32 else 1e-12)
     assert_close(dW, cpu_dW, dtype, scale=10)
     assert_close(db, cpu_db, dtype, scale=10)
     # float64 gradients of a float32 model (SGD.apply's path), on request
-    _, dW64, _ = cops.mse_grad(*dev(cops, W, b), True, *dev(cops, X, T), scale, {}, dtype=np.float64)
+    _, dW64, _ = cops.mse_grad(*dev(cops, X, T, W, b), True, scale, {}, dtype=np.float64)
     assert dW64.dtype == np.float64
-    # (path F sums a float32 model's gradient in float32 runs, as the CPU
-    # does: float32's tolerance; path G sums everything in float64)
+    # (the rows plan sums a float32 model's gradient in float32 runs, as
+    # the CPU does: float32's tolerance; the tiled plan sums in float64)
     if path == "tiled" or dtype == np.float64:
         np.testing.assert_allclose(to_host(dW64), gW, rtol=1e-12, atol=1e-13)
     else:
@@ -106,76 +124,106 @@ def test_mse_grad(cops, path, shape, dtype, reduction):
 def test_backward(cops, shape, dtype):
     X, _, W, _ = make(*shape, dtype)
     dY = np.random.default_rng(5).standard_normal((shape[0], shape[2])).astype(dtype)
-    dX, dW, db = cops.backward(cops.from_host(W), *dev(cops, X, dY), {})
+    dX, dW, db = cops.backward(*dev(cops, X, dY, W), {})
     eX, eW, eb = ref.backward(X, dY, W)
     for got, want in ((dX, eX), (dW, eW), (db, eb)):
         assert got.dtype == dtype
         assert_close(got, want, dtype)
-    for got, want in zip((dX, dW, db), cpu_ops.backward(W, X, dY, {})):
+    for got, want in zip((dX, dW, db), cpu_ops.backward(X, dY, W, {})):
         assert_close(got, want, dtype, scale=10)
 
 
+# SGD variants (checked against the float64 reference and the CPU) and the
+# Adam family with schedules (against the CPU, which compiles the same
+# rules.update_element: every slot j < k and the step-dependent rate).
 OPTIMISERS = {
+    "plain": lambda: SGD(lr=0.1),
+    "momentum+decay": lambda: SGD(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
+    "nesterov": lambda: SGD(lr=0.05, momentum=0.8, nesterov=True),
+    "adam+step": lambda: Adam(lr=0.05, weight_decay=0.01, schedule=schedules.step(1, gamma=0.5)),
+    "adamw-amsgrad+cosine": lambda: AdamW(lr=0.05, amsgrad=True, schedule=schedules.cosine(3)),
+}
+SGD_KWARGS = {
     "plain": dict(lr=0.1),
     "momentum+decay": dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
     "nesterov": dict(lr=0.05, momentum=0.8, nesterov=True),
 }
 
 
-def _state(ops, W, momentum):
-    shape_w, shape_b = (W.shape, (W.shape[0],)) if momentum else ((0, 0), (0,))
-    return ops.zeros(shape_w, W.dtype), ops.zeros(shape_b, W.dtype), np.zeros(abi.ST_SIZE, dtype=np.int64)
+def _state(ops, W, k):
+    """An optimiser state with ``k`` slots on ``ops``'s device (abi.CNT_* counters on the host)."""
+    n_out, n_in = W.shape
+    return types.SimpleNamespace(
+        slots_w=ops.zeros((k, n_out, n_in), W.dtype),
+        slots_b=ops.zeros((k, n_out), W.dtype),
+        counters=np.zeros(abi.CNT_SIZE, dtype=np.int64),
+    )
+
+
+def _sgd_state(ops, W, momentum):
+    return _state(ops, W, 1 if momentum else 0)
 
 
 @pytest.mark.parametrize("opt", list(OPTIMISERS))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 5, 2), (17, 3, 2), (19, 9, 3), (6, 2, 17)])
 def test_fused_step(cops, path, shape, dtype, opt):
-    """Two steps (the second uses the momentum buffer) match the reference and
-    the CPU; the loss is measured before each update; flags follow."""
+    """Three steps (the later ones use the slots and a moved schedule) match
+    the CPU, and for SGD the reference; the loss is measured before each
+    update; the counters follow."""
     X, T, W, b = make(*shape, dtype)
-    kw = OPTIMISERS[opt]
-    hp = SGD(**kw).hyper(False, np.dtype(dtype))
-    dW, db, dX, dT = dev(cops, W, b, X, T)
-    bufW, bufb, flags = _state(cops, W, kw.get("momentum", 0))
+    optimiser = OPTIMISERS[opt]()
+    hyper = optimiser.hyper()
+    k = optimiser._n_slots()
+    dX, dT, dW, db = dev(cops, X, T, W, b)
+    st = _state(cops, W, k)
     cW, cb = W.copy(), b.copy()
-    cbufW, cbufb, cflags = _state(cpu_ops, W, kw.get("momentum", 0))
+    cst = _state(cpu_ops, W, k)
+    kw = SGD_KWARGS.get(opt)
     pW, pb, rbW, rbb = f64(W), f64(b), None, None
     ws, cws = {}, {}
-    for _ in range(2):
-        loss, status = cops.fused_step(dW, db, True, bufW, bufb, hp, flags, dX, dT, ws)
-        closs, cstatus = cpu_ops.fused_step(cW, cb, True, cbufW, cbufb, hp, cflags, X, T, cws)
-        rloss, gW, gb = ref.gradients(X, T, pW, pb)
-        pW, rbW = ref.sgd(pW, gW, rbW, **kw)
-        pb, rbb = ref.sgd(pb, gb, rbb, **kw)
+    rel = 1e-5 if dtype == np.float32 else 1e-12
+    for step in range(3):
+        loss, status = cops.fused_step(dX, dT, dW, db, True, st, hyper, False, ws)
+        closs, cstatus = cpu_ops.fused_step(X, T, cW, cb, True, cst, hyper, False, cws)
         assert status == cstatus == abi.OK
         assert isinstance(loss, float)
-        assert loss == pytest.approx(rloss, rel=1e-5 if dtype == np.float32 else 1e-12)
-        assert loss == pytest.approx(closs, rel=1e-5 if dtype == np.float32 else 1e-12)
-        np.testing.assert_array_equal(flags, cflags)
-        # a lone step never moves the fit position
-        assert flags[abi.ST_EPOCH] == flags[abi.ST_POS] == 0
-        # the reference rounds nothing, the kernels round each step's result
-        assert_close(dW, pW, dtype, scale=5)
-        assert_close(db, pb, dtype, scale=5)
+        assert loss == pytest.approx(closs, rel=rel)
+        np.testing.assert_array_equal(st.counters, cst.counters)
+        # a lone step counts itself but never moves the fit position
+        assert st.counters[abi.CNT_STEP] == step + 1
+        assert st.counters[abi.CNT_EPOCH] == st.counters[abi.CNT_POS] == 0
+        # the kernels round each step's result, as the CPU does
         assert_close(dW, cW, dtype, scale=5)
         assert_close(db, cb, dtype, scale=5)
-    if kw.get("momentum"):
-        assert flags[abi.ST_HAS_BUF] == 1
-        assert_close(bufW, rbW, dtype, scale=5)
-        assert_close(bufb, rbb, dtype, scale=5)
+        for j in range(k):
+            assert_close(to_host(st.slots_w)[j], cst.slots_w[j], dtype, scale=5)
+            assert_close(to_host(st.slots_b)[j], cst.slots_b[j], dtype, scale=5)
+        if kw is not None:  # the reference rounds nothing
+            rloss, gW, gb = ref.gradients(X, T, pW, pb)
+            pW, rbW = ref.sgd(pW, gW, rbW, **kw)
+            pb, rbb = ref.sgd(pb, gb, rbb, **kw)
+            assert loss == pytest.approx(rloss, rel=rel)
+            assert_close(dW, pW, dtype, scale=5)
+            assert_close(db, pb, dtype, scale=5)
+    if kw is not None and kw.get("momentum"):
+        assert st.counters[abi.CNT_HAS_BUF] == 1
+        assert_close(to_host(st.slots_w)[0], rbW, dtype, scale=5)
+        assert_close(to_host(st.slots_b)[0], rbb, dtype, scale=5)
+    elif kw is not None or k:
+        assert st.counters[abi.CNT_HAS_BUF] == 0
 
 
 def test_fused_step_is_deterministic(cops, path):
     """Same inputs, same launch plan: bit-identical results (no atomics in
     any sum)."""
     X, T, W, b = make(37, 9, 3, np.float32)
-    hp = SGD(0.1, momentum=0.5).hyper(False, np.dtype(np.float32))
+    hyper = SGD(0.1, momentum=0.5).hyper()
     results = []
     for _ in range(2):
-        dW, db, dX, dT = dev(cops, W, b, X, T)
-        bufW, bufb, flags = _state(cops, W, True)
-        loss, _ = cops.fused_step(dW, db, True, bufW, bufb, hp, flags, dX, dT, {})
+        dX, dT, dW, db = dev(cops, X, T, W, b)
+        st = _sgd_state(cops, W, True)
+        loss, _ = cops.fused_step(dX, dT, dW, db, True, st, hyper, False, {})
         results.append((loss, to_host(dW), to_host(db)))
     assert results[0][0] == results[1][0]
     np.testing.assert_array_equal(results[0][1], results[1][1])
@@ -186,12 +234,12 @@ def test_fused_step_is_deterministic(cops, path):
 def test_no_bias_leaves_b_alone(cops, path, dtype):
     X, T, W, _ = make(17, 3, 2, dtype)
     zero_b = np.zeros(2, dtype=dtype)
-    dW, db, dX, dT = dev(cops, W, zero_b, X, T)
-    bufW, bufb, flags = _state(cops, W, True)
-    hp = SGD(0.1, momentum=0.9).hyper(False, np.dtype(dtype))
-    cops.fused_step(dW, db, False, bufW, bufb, hp, flags, dX, dT, {})
+    dX, dT, dW, db = dev(cops, X, T, W, zero_b)
+    st = _sgd_state(cops, W, True)
+    hyper = SGD(0.1, momentum=0.9).hyper()
+    cops.fused_step(dX, dT, dW, db, False, st, hyper, False, {})
     np.testing.assert_array_equal(to_host(db), zero_b)
-    np.testing.assert_array_equal(to_host(bufb), zero_b)
+    np.testing.assert_array_equal(to_host(st.slots_b)[0], zero_b)
     _, gW, _ = ref.gradients(X, T, W, zero_b)
     assert_close(dW, f64(W) - 0.1 * gW, dtype)
 
@@ -204,23 +252,26 @@ def test_fit_steps(cops, path, launches, dtype, shuffle):
     last batch each epoch), shuffled on the device."""
     X, T, W, b = make(17, 3, 2, dtype)
     kw = dict(lr=0.05, momentum=0.9, weight_decay=0.01)
-    hp = SGD(**kw).hyper(False, np.dtype(dtype))
+    hyper = SGD(**kw).hyper()
     seed = 12345
-    dW, db, dX, dT = dev(cops, W, b, X, T)
-    bufW, bufb, flags = _state(cops, W, True)
-    plan = cops.fit_plan(17, 2, 3, 7, shuffle, seed)
+    dX, dT, dW, db = dev(cops, X, T, W, b)
+    st = _sgd_state(cops, W, True)
+    plan = cops.fit_plan(17, 2, 3, 7, shuffle, seed, dtype)
     assert plan.one_launch == (launches == "one-launch" and path == "auto")
     losses = cops.empty((9,), np.float64)
-    assert cops.fit_steps(dW, db, True, bufW, bufb, hp, flags, dX, dT, plan, losses[:4]) == (4, abi.OK)
-    assert cops.fit_steps(dW, db, True, bufW, bufb, hp, flags, dX, dT, plan, losses[4:]) == (5, abi.OK)
+    assert cops.fit_steps(dX, dT, dW, db, True, st, hyper, False, plan, losses[:4]) == (4, abi.OK)
+    assert cops.fit_steps(dX, dT, dW, db, True, st, hyper, False, plan, losses[4:]) == (5, abi.OK)
     cW, cb = W.copy(), b.copy()
-    cbufW, cbufb, cflags = _state(cpu_ops, W, True)
+    cst = _sgd_state(cpu_ops, W, True)
     closses = np.empty(9)
     cplan = cpu_ops.fit_plan(17, 2, 3, 7, shuffle, seed, dtype)
-    assert cpu_ops.fit_steps(cW, cb, True, cbufW, cbufb, hp, cflags, X, T, cplan, closses) == (9, abi.OK)
+    assert cpu_ops.fit_steps(X, T, cW, cb, True, cst, hyper, False, cplan, closses) == (9, abi.OK)
     rlosses, rW, rb = ref.fit(X, T, W, b, 9, batch_size=7, shuffle=shuffle, seed=seed, **kw)
-    np.testing.assert_array_equal(flags, cflags)
-    assert list(flags) == [1, 3, 0]  # 9 steps of 7+7+3 rows: exactly 3 epochs
+    np.testing.assert_array_equal(st.counters, cst.counters)
+    # 9 steps of 7+7+3 rows: exactly 3 epochs; the buffers hold values
+    expected = np.zeros(abi.CNT_SIZE, dtype=np.int64)
+    expected[[abi.CNT_HAS_BUF, abi.CNT_EPOCH, abi.CNT_POS, abi.CNT_STEP]] = [1, 3, 0, 9]
+    np.testing.assert_array_equal(st.counters, expected)
     rtol = 1e-4 if dtype == np.float32 else 1e-11
     np.testing.assert_allclose(to_host(losses), rlosses, rtol=rtol)
     np.testing.assert_allclose(to_host(losses), closses, rtol=rtol)
@@ -235,24 +286,45 @@ def test_fit_steps(cops, path, launches, dtype, shuffle):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_sgd_update(cops, dtype):
-    """SGD from a given float64 gradient (SGD.apply), twice (momentum)."""
+def test_apply_update(cops, dtype):
+    """The update from a given float64 gradient (SGD.apply), twice (momentum)."""
     _, _, W, b = make(1, 5, 3, dtype)
     rng = np.random.default_rng(9)
     kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1)
-    hp = SGD(**kw).hyper(False, np.dtype(dtype))
+    hyper = SGD(**kw).hyper()
     dW, db = dev(cops, W, b)
-    bufW, bufb, flags = _state(cops, W, True)
+    st = _sgd_state(cops, W, True)
     pW, pb, rbW, rbb = f64(W), f64(b), None, None
-    for _ in range(2):
+    for step in range(2):
         gW, gb = rng.standard_normal((3, 5)), rng.standard_normal(3)
-        assert cops.sgd_update(dW, db, True, bufW, bufb, hp, flags, gW, gb, 1.0) == abi.OK
+        assert cops.apply_update(gW, gb, 1.0, dW, db, True, st, hyper) == abi.OK
         pW, rbW = ref.sgd(pW, gW, rbW, **kw)
         pb, rbb = ref.sgd(pb, gb, rbb, **kw)
-        assert flags[abi.ST_HAS_BUF] == 1
+        assert st.counters[abi.CNT_HAS_BUF] == 1
+        assert st.counters[abi.CNT_STEP] == step + 1
     assert_close(dW, pW, dtype, scale=5)
     assert_close(db, pb, dtype, scale=5)
-    assert_close(bufW, rbW, dtype, scale=5)
+    assert_close(to_host(st.slots_w)[0], rbW, dtype, scale=5)
+
+
+def test_apply_update_adam_matches_cpu(cops):
+    """Adam with amsgrad from a given gradient: all three slots, as the CPU."""
+    _, _, W, b = make(1, 5, 3, np.float64)
+    rng = np.random.default_rng(4)
+    hyper = Adam(lr=0.1, amsgrad=True, weight_decay=0.05).hyper()
+    dW, db = dev(cops, W, b)
+    st, cst = _state(cops, W, 3), _state(cpu_ops, W, 3)
+    cW, cb = W.copy(), b.copy()
+    for _ in range(3):
+        gW, gb = rng.standard_normal((3, 5)), rng.standard_normal(3)
+        assert cops.apply_update(gW, gb, 0.5, dW, db, True, st, hyper) == abi.OK
+        assert cpu_ops.apply_update(gW, gb, 0.5, cW, cb, True, cst, hyper) == abi.OK
+    np.testing.assert_array_equal(st.counters, cst.counters)
+    # (the same float64 arithmetic, but the CPU compiler may contract a
+    # multiply-add into an FMA: not bit for bit, within a few ulps of the
+    # step's size)
+    for got, want in ((dW, cW), (db, cb), (st.slots_w, cst.slots_w), (st.slots_b, cst.slots_b)):
+        np.testing.assert_allclose(to_host(got), want, rtol=1e-12, atol=1e-13)
 
 
 def _snapshot(*arrays):
@@ -261,15 +333,16 @@ def _snapshot(*arrays):
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-def test_sgd_update_refuses_nonfinite(cops):
+def test_apply_update_refuses_nonfinite(cops):
     """A NaN gradient (NONFINITE_LOSS), a weight beyond float32's range or a
-    momentum buffer beyond it (NONFINITE_UPDATE, see abi.py) writes nothing.
-    (The warning filters matter in the simulator only: numpy warns where the
-    GPU silently produces Inf/NaN, which the kernels then detect.)"""
+    momentum buffer beyond it (NONFINITE_UPDATE, see abi.py) writes nothing
+    and counts no step.  (The warning filters matter in the simulator only:
+    numpy warns where the GPU silently produces Inf/NaN, which the kernels
+    then detect.)"""
     _, _, W, b = make(1, 5, 3, np.float32)
     dW, db = dev(cops, W, b)
-    bufW, bufb, flags = _state(cops, W, True)
-    before = _snapshot(dW, db, bufW, bufb)
+    st = _sgd_state(cops, W, True)
+    before = _snapshot(dW, db, st.slots_w, st.slots_b)
     gW, gb = np.zeros((3, 5)), np.zeros(3)
     cases = [
         (0.1, np.nan, abi.NONFINITE_LOSS),
@@ -277,12 +350,12 @@ def test_sgd_update_refuses_nonfinite(cops):
         (0.1, 1e39, abi.NONFINITE_UPDATE),  # the weight is -1e38, the buffer 1e39
     ]
     for lr, g, status in cases:
-        hp = SGD(lr, momentum=0.9).hyper(False, np.dtype(np.float32))
+        hyper = SGD(lr, momentum=0.9).hyper()
         gW[1, 2] = g
-        assert cops.sgd_update(dW, db, True, bufW, bufb, hp, flags, gW, gb, 1.0) == status
-        for got, want in zip(_snapshot(dW, db, bufW, bufb), before):
+        assert cops.apply_update(gW, gb, 1.0, dW, db, True, st, hyper) == status
+        for got, want in zip(_snapshot(dW, db, st.slots_w, st.slots_b), before):
             np.testing.assert_array_equal(got, want)
-        assert flags[abi.ST_HAS_BUF] == 0
+        np.testing.assert_array_equal(st.counters, 0)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
@@ -294,22 +367,23 @@ def test_fit_stops_at_first_failure(cops, path, launches, failure):
     X, T, W, b = make(17, 3, 2, np.float32)
     if failure == "nan-target":
         T[12, 1] = np.nan  # in the second batch of 7 rows (no shuffle)
-        hp, expected, done = SGD(0.05).hyper(False, np.dtype(np.float32)), abi.NONFINITE_LOSS, 1
+        hyper, expected, done = SGD(0.05).hyper(), abi.NONFINITE_LOSS, 1
     else:
         X[:] *= 1e18  # finite float32, but the gradient step overflows it
-        hp, expected, done = SGD(1e3).hyper(False, np.dtype(np.float32)), abi.NONFINITE_UPDATE, 0
-    dW, db, dX, dT = dev(cops, W, b, X, T)
-    bufW, bufb, flags = _state(cops, W, False)
-    plan = cops.fit_plan(17, 2, 3, 7, False, 0)
+        hyper, expected, done = SGD(1e3).hyper(), abi.NONFINITE_UPDATE, 0
+    dX, dT, dW, db = dev(cops, X, T, W, b)
+    st = _sgd_state(cops, W, False)
+    plan = cops.fit_plan(17, 2, 3, 7, False, 0, np.float32)
     losses = cops.from_host(np.full(6, -1.0))
     cW, cb = W.copy(), b.copy()
-    cbufW, cbufb, cflags = _state(cpu_ops, W, False)
+    cst = _sgd_state(cpu_ops, W, False)
     closses = np.full(6, -1.0)
-    cplan = cpu_ops.fit_plan(17, 2, 3, 7, False, 0, np.float64)
-    got = cops.fit_steps(dW, db, True, bufW, bufb, hp, flags, dX, dT, plan, losses)
-    want = cpu_ops.fit_steps(cW, cb, True, cbufW, cbufb, hp, cflags, X, T, cplan, closses)
+    cplan = cpu_ops.fit_plan(17, 2, 3, 7, False, 0, np.float32)
+    got = cops.fit_steps(dX, dT, dW, db, True, st, hyper, False, plan, losses)
+    want = cpu_ops.fit_steps(X, T, cW, cb, True, cst, hyper, False, cplan, closses)
     assert got == want == (done, expected)
-    np.testing.assert_array_equal(flags, cflags)
+    np.testing.assert_array_equal(st.counters, cst.counters)
+    assert st.counters[abi.CNT_STEP] == done
     host_losses = to_host(losses)
     if failure == "nan-target":
         assert np.isnan(host_losses[done])
@@ -336,11 +410,13 @@ def test_all_finite(cops, dtype):
 def test_epoch_permutation(cops, kernels, seed, epoch, n, blocks):
     """The device shuffle (one thread per row, or fewer threads than rows: the
     grid-stride loop) draws the CPU's order, and the documented one."""
-    state = np.zeros(kernels.S_SIZE, dtype=np.int64)
-    state[kernels.S_EPOCH] = epoch
+    from fastlin.backends.cuda_config import TPB
+
+    counters = np.zeros(abi.CNT_DEVICE_SIZE, dtype=np.int64)
+    counters[abi.CNT_EPOCH] = epoch
     perm = cops.empty((n,), np.int64)
-    grid = -(-n // kernels.TPB) if blocks is None else blocks
-    cops._launch(kernels.shuffle_epoch, grid, kernels.TPB)(np.uint64(seed), cops.from_host(state), perm)
+    grid = -(-n // TPB) if blocks is None else blocks
+    cops._launch(kernels.shuffle_epoch, grid, TPB)(cops.from_host(counters), np.uint64(seed), perm)
     expected = ref.epoch_permutation(seed, epoch, n)
     np.testing.assert_array_equal(to_host(perm), expected)
     cpu_perm = np.empty(n, dtype=np.int64)
@@ -348,12 +424,14 @@ def test_epoch_permutation(cops, kernels, seed, epoch, n, blocks):
     np.testing.assert_array_equal(cpu_perm, expected)
 
 
-@pytest.mark.parametrize("field, value", [("S_POS", 5), ("S_STATUS", abi.NONFINITE_LOSS)])
+@pytest.mark.parametrize("field, value", [("CNT_POS", 5), ("CNT_STATUS", abi.NONFINITE_LOSS)])
 def test_shuffle_epoch_only_at_an_epoch_start(cops, kernels, field, value):
     """Mid-epoch, or after a failed step, the order is left alone."""
-    state = np.zeros(kernels.S_SIZE, dtype=np.int64)
-    state[getattr(kernels, field)] = value
+    from fastlin.backends.cuda_config import TPB
+
+    counters = np.zeros(abi.CNT_DEVICE_SIZE, dtype=np.int64)
+    counters[getattr(abi, field)] = value
     before = np.arange(40, dtype=np.int64)[::-1].copy()
     perm = cops.from_host(before)
-    cops._launch(kernels.shuffle_epoch, 3, kernels.TPB)(np.uint64(3), cops.from_host(state), perm)
+    cops._launch(kernels.shuffle_epoch, 3, TPB)(cops.from_host(counters), np.uint64(3), perm)
     np.testing.assert_array_equal(to_host(perm), before)

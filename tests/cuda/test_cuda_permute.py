@@ -14,7 +14,9 @@ from tests.support.cuda_ref import to_host
 
 @pytest.mark.parametrize(("seed", "epoch", "n"), [(0, 0, 1), (7, 3, 17), (2**64 - 1, 5, 61), (12345, 2**33, 200)])
 def test_gpu_order_is_the_cpu_order(cops, kernels, seed, epoch, n):
+    from fastlin.backends.cuda_config import TPB
+
     perm = cops.empty((n,), np.int64)
     blocks = 2  # fewer threads than rows for n > 2·TPB: the grid-stride loop runs
-    cops._launch(kernels.counter_permutation, blocks, kernels.TPB)(np.uint64(seed), epoch, permute.half_bits(n), perm)
+    cops._launch(kernels.counter_permutation, blocks, TPB)(np.uint64(seed), epoch, permute.half_bits(n), perm)
     np.testing.assert_array_equal(to_host(perm), order(seed, epoch, n))

@@ -1,4 +1,4 @@
-"""The row-tile kernels of path F (``_rows_partials``: tall and 2 <= O <= 32)
+"""The row-streaming kernels (``cuda_rows._rows_partials``: tall and O <= 32)
 on the shapes that reach each of their branches, in the simulator.
 
 With conftest.py's 16-thread blocks: XS_SIZE = 192 elements, so a tile holds
@@ -12,6 +12,8 @@ float32 sum grows with the sum of the terms' absolute values).
 """
 
 from __future__ import annotations
+
+import types
 
 import numpy as np
 import pytest
@@ -47,6 +49,16 @@ def misaligned(cops, X):
     return d
 
 
+def _state(ops, W):
+    """An SGD-with-momentum state (one slot) on ``ops``'s device."""
+    n_out, n_in = W.shape
+    return types.SimpleNamespace(
+        slots_w=ops.zeros((1, n_out, n_in), W.dtype),
+        slots_b=ops.zeros((1, n_out), W.dtype),
+        counters=np.zeros(abi.CNT_SIZE, dtype=np.int64),
+    )
+
+
 def magnitudes(X, T, W, b):
     """Sums of |terms| of the loss and of each gradient element (float64)."""
     X, T, W, b = (np.asarray(a, dtype=np.float64) for a in (X, T, W, b))
@@ -60,13 +72,13 @@ def magnitudes(X, T, W, b):
 def test_mse_grad_row_tiles(cops, shape, dtype, layout):
     X, T, W, b = make(*shape, dtype)
     _, d, o = shape
-    assert cops.path_for(o, d) == "F"
+    assert cops.path_for(o, d) == "rows"
     dX = cops.from_host(X) if layout == "aligned" else misaligned(cops, X)
     vec = (d * np.dtype(dtype).itemsize) % 16 == 0 and layout == "aligned"
     assert cops.rows_aligned(dX) == vec
     loss, gW, gb = ref.gradients(X, T, W, b, "sum")
     sse, dW, db = cops.mse_grad(
-        cops.from_host(W), cops.from_host(b), True, dX, cops.from_host(T), 2.0, {}, dtype=np.float64
+        dX, cops.from_host(T), cops.from_host(W), cops.from_host(b), True, 2.0, {}, dtype=np.float64
     )
     m_loss, m_gW, m_gb = magnitudes(X, T, W, b)
     assert_sums_close(sse, loss, m_loss, dtype)
@@ -80,21 +92,19 @@ def test_step_row_tiles_match_cpu_and_are_bit_identical(cops, shape, dtype):
     """Two runs of three steps: identical bits; against the CPU within the
     float32/float64 tolerances."""
     X, T, W, b = make(*shape, dtype)
-    hp = SGD(0.05, momentum=0.9).hyper(False, np.dtype(dtype))
+    hyper = SGD(0.05, momentum=0.9).hyper()
     runs = []
     for _ in range(2):
-        dW, db, dX, dT = (cops.from_host(a) for a in (W, b, X, T))
-        bufW, bufb = cops.zeros(W.shape, dtype), cops.zeros(b.shape, dtype)
-        flags = np.zeros(abi.ST_SIZE, dtype=np.int64)
-        losses = [cops.fused_step(dW, db, True, bufW, bufb, hp, flags, dX, dT, {})[0] for _ in range(3)]
+        dX, dT, dW, db = (cops.from_host(a) for a in (X, T, W, b))
+        st = _state(cops, W)
+        losses = [cops.fused_step(dX, dT, dW, db, True, st, hyper, False, {})[0] for _ in range(3)]
         runs.append((losses, to_host(dW), to_host(db)))
     assert runs[0][0] == runs[1][0]
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
     np.testing.assert_array_equal(runs[0][2], runs[1][2])
     cW, cb = W.copy(), b.copy()
-    cbufW, cbufb = np.zeros_like(W), np.zeros_like(b)
-    cflags = np.zeros(abi.ST_SIZE, dtype=np.int64)
-    closses = [cpu_ops.fused_step(cW, cb, True, cbufW, cbufb, hp, cflags, X, T, {})[0] for _ in range(3)]
+    cst = _state(cpu_ops, W)
+    closses = [cpu_ops.fused_step(X, T, cW, cb, True, cst, hyper, False, {})[0] for _ in range(3)]
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(runs[0][0], closses, rtol=rtol)
     np.testing.assert_allclose(f64(runs[0][1]), cW, rtol=10 * rtol, atol=10 * rtol)
@@ -112,8 +122,8 @@ def test_float32_loss_over_many_rows_keeps_float64_accuracy(cops):
     b = np.zeros(1, dtype=np.float32)
     T = np.zeros((n, 1), dtype=np.float32)
     loss, gW, gb = ref.gradients(X, T, W, b, "sum")
-    dW, db, dX, dT = (cops.from_host(a) for a in (W, b, X, T))
-    sse, dW, db = cops.mse_grad(dW, db, True, dX, dT, 2.0, {}, dtype=np.float64)
+    dX, dT, dW, db = (cops.from_host(a) for a in (X, T, W, b))
+    sse, dW, db = cops.mse_grad(dX, dT, dW, db, True, 2.0, {}, dtype=np.float64)
     # all terms positive: the magnitude is the sum itself
     assert abs(sse - loss) <= 1e-6 * loss
     np.testing.assert_allclose(to_host(dW), gW, rtol=1e-6)

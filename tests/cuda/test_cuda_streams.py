@@ -127,7 +127,7 @@ def test_dlpack_path_never_synchronises_the_device(cops, monkeypatch):
 )
 def test_block_settings_beyond_what_compiles_are_refused_at_import(name, value):
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", **{name: value})
-    code = "import fastlin.backends.cuda"
+    code = "import fastlin.backends.cuda_config"
     proc = subprocess.run(
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=300
     )

@@ -10,7 +10,7 @@ and few fp32→fp64 conversions, and the many-block ones reach 50% occupancy
 (fit_steps runs as one block: its occupancy means nothing).  D (in_features)
 is a run-time value in every kernel, so these static counts are the same for
 every D; the conversions inside the row loops are one per gradient element
-and tile of rows (see fastlin.backends.cuda, "Accuracy").
+and tile of rows (see fastlin.backends.cuda_rows, "Accuracy").
 
 Skipped, with the reason, without numba-cuda's CUDA 13 wheels, ptxas and
 nvdisasm (``pip install "numba-cuda[cu13]" nvidia-cuda-nvcc
