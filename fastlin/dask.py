@@ -333,7 +333,7 @@ def _check_batch_size(batch_size):
 def _check_fit(model, X, T, steps, epochs, opt, batch_size, shuffle, seed, reduction, callback, persist):
     _check_model(model)
     if opt is None:  # required here: a cluster fit has no default learning rate
-        raise TypeError("opt must be a fastlin optimiser (fastlin.SGD, Adam or AdamW), got NoneType")
+        raise TypeError("opt must be a fastlin.SGD, fastlin.Adam or fastlin.AdamW, got NoneType")
     opt = training.check_optimizer(opt)
     reduction_sum = _validate.check_reduction(reduction)
     steps, epochs, shuffle, seed, callback = training.check_loop_args(steps, epochs, shuffle, seed, callback)

@@ -446,7 +446,7 @@ class Linear:
             The loss or the update is NaN/Inf; the weights are untouched.
         """
         if not isinstance(opt, Optimizer):
-            raise TypeError(f"opt must be a fastlin optimiser (fastlin.SGD, Adam or AdamW), got {type(opt).__name__}")
+            raise TypeError(f"opt must be a fastlin.SGD, fastlin.Adam or fastlin.AdamW, got {type(opt).__name__}")
         reduce_sum = _validate.check_reduction(reduction)
         X, n_rows, single = self._inputs(X)
         T = self._targets(T, n_rows, single)

@@ -54,7 +54,7 @@ def check_optimizer(opt, lr=None, *, default_lr=DEFAULT_LR):
     if lr is not None:
         raise ValueError("give lr or opt, not both (the optimiser carries its own lr)")
     if not isinstance(opt, Optimizer):
-        raise TypeError(f"opt must be a fastlin optimiser (fastlin.SGD, Adam or AdamW), got {type(opt).__name__}")
+        raise TypeError(f"opt must be a fastlin.SGD, fastlin.Adam or fastlin.AdamW, got {type(opt).__name__}")
     return opt
 
 

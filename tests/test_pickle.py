@@ -131,7 +131,7 @@ def test_shallow_copies():
     _same(model, shallow)
     assert shallow.weight is not model.weight
     twin = copy.copy(opt)
-    assert model in twin._states and twin._states[model].weight is not opt._states[model].weight
+    assert model in twin._states and twin._states[model].slots_w is not opt._states[model].slots_w
     before = model.numpy()
     model.step(X, T, twin)  # continues from the copied buffers ...
     after_twin = model.numpy()

@@ -258,6 +258,76 @@ def test_fit_matches_torch_in_float64(device, hyper):
     np.testing.assert_allclose(b_got, ref.bias.detach().numpy(), rtol=1e-9, atol=1e-12)
 
 
+# Adam, AdamW and schedules (issue #13): fastlin's (optimiser, schedule) and torch's
+# (optimiser class, its arguments, the scheduler over it, or None).
+TORCH_SCHEDULED = [
+    (
+        lambda: fastlin.Adam(0.02, amsgrad=True, schedule=fastlin.schedules.cosine(T_max=12, eta_min=1e-3)),
+        lambda t, p: t.optim.Adam(p, lr=0.02, amsgrad=True),
+        lambda t, o: t.optim.lr_scheduler.CosineAnnealingLR(o, T_max=12, eta_min=1e-3),
+    ),
+    (
+        lambda: fastlin.AdamW(0.02, weight_decay=0.1, schedule=fastlin.schedules.step(step_size=5, gamma=0.5)),
+        lambda t, p: t.optim.AdamW(p, lr=0.02, weight_decay=0.1),
+        lambda t, o: t.optim.lr_scheduler.StepLR(o, step_size=5, gamma=0.5),
+    ),
+    (
+        lambda: fastlin.SGD(
+            0.05,
+            momentum=0.9,
+            schedule=fastlin.schedules.warmup(fastlin.schedules.exponential(0.9), steps=4, start_factor=0.25),
+        ),
+        lambda t, p: t.optim.SGD(p, lr=0.05, momentum=0.9),
+        lambda t, o: t.optim.lr_scheduler.SequentialLR(
+            o,
+            [
+                t.optim.lr_scheduler.LinearLR(o, start_factor=0.25, total_iters=4),
+                t.optim.lr_scheduler.ExponentialLR(o, 0.9),
+            ],
+            milestones=[4],
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", TORCH_SCHEDULED, ids=["adam-amsgrad-cosine", "adamw-step", "sgd-warmup-exponential"])
+@pytest.mark.parametrize("batch_size", [None, 8])
+def test_adam_and_schedules_match_torch_in_float64(device, case, batch_size):
+    """20 steps in two fits (the schedule and the moments carry over), in row order."""
+    torch = pytest.importorskip("torch")
+    make_opt, make_torch_opt, make_sched = case
+    X, T, W, b = make_data(N, D, O, np.float64, seed=16)
+    model, opt = layer(W, b, device), make_opt()
+    first = model.fit(X, T, steps=12, opt=opt, batch_size=batch_size, shuffle=False)
+    rest = model.fit(X, T, steps=8, opt=opt, batch_size=batch_size, shuffle=False)
+
+    ref = torch.nn.Linear(D, O, dtype=torch.float64)
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(W))
+        ref.bias.copy_(torch.from_numpy(b))
+    topt = make_torch_opt(torch, ref.parameters())
+    sched = make_sched(torch, topt)
+    Xt, Tt = torch.from_numpy(X), torch.from_numpy(T)
+    batch = batch_size or N
+    losses, lrs = [], []
+    for fit_steps in (12, 8):  # each fit starts at the first row, as fastlin's does
+        pos = 0
+        for _ in range(fit_steps):
+            topt.zero_grad()
+            loss = torch.nn.functional.mse_loss(ref(Xt[pos : pos + batch]), Tt[pos : pos + batch])
+            loss.backward()
+            lrs.append(topt.param_groups[0]["lr"])
+            topt.step()
+            sched.step()
+            losses.append(loss.item())
+            pos = 0 if pos + batch >= N else pos + batch
+    np.testing.assert_allclose(np.concatenate([first.loss, rest.loss]), losses, rtol=1e-9)
+    np.testing.assert_allclose(np.concatenate([first.lr, rest.lr]), lrs, rtol=1e-12)
+    W_got, b_got = model.numpy()
+    np.testing.assert_allclose(W_got, ref.weight.detach().numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b_got, ref.bias.detach().numpy(), rtol=1e-9, atol=1e-12)
+
+
 def test_fit_in_segments_with_a_callback_matches_one_call(device):
     """A callback makes every step its own call: the epoch, the position in
     it and the momentum must carry over between the calls exactly."""
