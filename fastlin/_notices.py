@@ -67,10 +67,8 @@ _cache_on = True  # whether compiled kernels are cached on disk: set by install_
 
 def compile_message() -> str:
     if _cache_on:
-        return "fastlin: compiling kernels for first use (a few seconds; cached afterwards)"
-    return (
-        "fastlin: compiling kernels for first use (a few seconds; the cache is off, so each new process compiles again)"
-    )
+        return "fastlin: compiling kernels for first use (up to a minute; cached afterwards)"
+    return "fastlin: compiling kernels for first use (up to a minute; the cache is off, so each new process compiles again)"
 
 
 def _announce() -> None:
