@@ -861,7 +861,9 @@ advance = kernel(inline=True)(_counters.advance)
 # named tuple, held in registers, which the rule subscripts the same way
 # (the overload below); the specialised copies in :func:`_update_pass` then
 # lose the branches they do not take.
-HyperValues = namedtuple("HyperValues", HYPER.names)
+_HYPER_NAMES: tuple[str, ...] = tuple(HYPER.names or ())
+# (mypy wants literal field names; these come from the record.)
+HyperValues = namedtuple("HyperValues", _HYPER_NAMES)  # type: ignore[misc]
 
 
 @overload(operator.getitem, prefer_literal=True)
@@ -882,10 +884,10 @@ def _hyper_values_getitem(values, key):
 # added to the record needs no change here; compiled under this file's name,
 # which numba's cache needs.
 _SOURCE = "def _hyper_values(hp):\n    return HyperValues({})\n".format(
-    ", ".join(f'hp["{name}"]' for name in HYPER.names)
+    ", ".join(f'hp["{name}"]' for name in _HYPER_NAMES)
 )
 exec(compile(_SOURCE, __file__, "exec"))
-_hyper_values = kernel(inline=True)(_hyper_values)  # noqa: F821 (defined by the exec above)
+_hyper_values = kernel(inline=True)(_hyper_values)  # type: ignore[has-type]  # noqa: F821 (made by the exec above)
 
 
 @kernel(inline=True)
