@@ -35,6 +35,11 @@ if _dispatch.cuda_simulated():
     # syncthreads() costs milliseconds.  A short interval makes this suite
     # about 2.5x faster (and changes nothing the kernels compute).
     sys.setswitchinterval(2e-4)
+    # Uninitialised device, shared and local memory reads as NaN / -1, so a
+    # kernel that reads before it writes fails every run, not one in many.
+    from tests.support import sim_poison
+
+    sim_poison.install()
 
 
 def _skip_reason():
