@@ -545,16 +545,15 @@ class Linear:
         log_every = _validate.check_int(log_every, "log_every", 0)
         progress = _validate.check_bool(progress, "progress")
         check_finite = _validate.check_bool(check_finite, "check_finite")
-        opt = training.check_optimizer(opt, lr)
+        opt = training.check_optimizer(opt, lr, cache=self._scratch.ws)  # this thread's dict
 
         batch = n_rows if batch_size is None else min(batch_size, n_rows)
         steps, shuffle, seed = training.resolve_loop(steps, epochs, -(-n_rows // batch), shuffle, seed)
         self._lock.acquire()  # one fit or step of this model at a time; others wait
         try:
             fit = training.CompiledFit(self, opt, X, T, reduction_sum, batch, shuffle, seed, check_finite)
-            hooks = training.Hooks(
-                steps, log_every, callback, progress, epoch_callback, training.batch_rows(n_rows, batch)
-            )
+            rows = None if epoch_callback is None else training.batch_rows(n_rows, batch)
+            hooks = training.Hooks(steps, log_every, callback, progress, epoch_callback, rows)
             return fit.run(steps, hooks)
         finally:
             self._lock.release()

@@ -184,8 +184,23 @@ def test_tile_scratch_is_used_only_when_it_fits(dtype):
         slots_b = np.zeros((0, n_out), dtype)
         counters = np.zeros(abi.CNT_SIZE, np.int64)
         acc = np.zeros((1, n_out, n_in), dtype)
+        hyper = abi.new_hyper()
         got, status = cpu.fused_step(
-            X, T, W.copy(), b.copy(), True, slots_w, slots_b, counters, abi.new_hyper(), False, limit, 100, work, acc
+            X,
+            T,
+            W.copy(),
+            b.copy(),
+            True,
+            slots_w,
+            slots_b,
+            counters,
+            hyper,
+            cpu.PLAIN_SGD,
+            False,
+            limit,
+            100,
+            work,
+            acc,
         )
         assert status == abi.OK and counters[abi.CNT_STEP] == 1
         np.testing.assert_allclose(got, loss, **tol(dtype))

@@ -890,23 +890,80 @@ exec(compile(_SOURCE, __file__, "exec"))
 _hyper_values = kernel(inline=True)(_hyper_values)  # type: ignore[has-type]  # noqa: F821 (made by the exec above)
 
 
-@kernel(inline=True)
-def _update_pass(gW, gb, scale, W, b, has_bias, slots_w, slots_b, hp, lr, step, has_buf, limit, commit):
-    """:func:`_update_loops`, with plain SGD (no momentum, no weight decay,
-    whatever the slots) and SGD with momentum as copies of their own.
+# Which copy of the update a kernel compiles.  The choice is made from the
+# record's values (plain SGD or not) on the host, and handed to the kernels
+# as the *type* of an argument, so that numba compiles each kernel for the
+# kinds it is called with and no more:
+#
+# * PLAIN_SGD: SGD without momentum or weight decay, the seed's rule and the
+#   default.  Its HyperValues hold those fields as constants, so LLVM folds
+#   the rule down to ``p - lr * g`` and no slot is read.
+# * ANY_RULE: every other rule (momentum, weight decay, Adam, AdamW), read
+#   from the record; slot j is read when j < slots_w.shape[0].
+#
+# One generic copy inside every kernel made a plain-SGD user compile all
+# the rules (the first fit_steps call: 45 s against 22 s before the rules
+# were shared), and the seed fit's update ran 3-5x longer than this one.
+UpdateKind = namedtuple("UpdateKind", ["code"])
+PlainSGD = namedtuple("PlainSGD", ["code"])
+PLAIN_SGD = PlainSGD(0)
+ANY_RULE = UpdateKind(1)
 
-    ``hp`` holds values, so in each copy the compiler knows the rule's
-    branches and drops them: plain SGD then costs what the hand-written SGD
-    update did (the seed fit measured 1.35x slower with one generic
-    loop).  The generic copy serves every other rule.
-    """
-    k = slots_w.shape[0]
-    if hp["rule"] == RULE_SGD and hp["momentum"] == 0.0 and hp["weight_decay"] == 0.0:
-        # no slot is read or changed: pass k = 0, a constant, for any slots given
-        return _update_loops(gW, gb, scale, W, b, has_bias, slots_w, slots_b, 0, hp, lr, step, has_buf, limit, commit)
-    if hp["rule"] == RULE_SGD and k == 1:
-        return _update_loops(gW, gb, scale, W, b, has_bias, slots_w, slots_b, 1, hp, lr, step, has_buf, limit, commit)
-    return _update_loops(gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit, commit)
+
+def update_kind(hp):
+    """The kind of update for one :data:`.abi.HYPER` record ``hp`` (``hyper[0]``)."""
+    plain = hp["rule"] == RULE_SGD and hp["momentum"] == 0.0 and hp["weight_decay"] == 0.0
+    return PLAIN_SGD if plain else ANY_RULE
+
+
+# Plain SGD's HyperValues: the fields the SGD rule tests are constants (the
+# rest of the rule fields too: plain SGD never reads them), the learning rate
+# and the schedule come from the record.
+_PLAIN_SGD_CONSTANTS = {
+    "rule": str(RULE_SGD),
+    "weight_decay": "0.0",
+    "momentum": "0.0",
+    "dampening": "0.0",
+    "nesterov": "False",
+    "beta1": "0.0",
+    "beta2": "0.0",
+    "eps": "0.0",
+    "amsgrad": "False",
+    "decoupled": "False",
+}
+_PLAIN_SOURCE = "def _plain_sgd_values(hp):\n    return HyperValues({})\n".format(
+    ", ".join(_PLAIN_SGD_CONSTANTS.get(name, f'hp["{name}"]') for name in _HYPER_NAMES)
+)
+exec(compile(_PLAIN_SOURCE, __file__, "exec"))
+_plain_sgd_values = kernel(inline=True)(_plain_sgd_values)  # type: ignore[has-type]  # noqa: F821 (made by the exec above)
+
+
+def _is_plain(kind):
+    return isinstance(kind, types.BaseNamedTuple) and kind.instance_class is PlainSGD
+
+
+def _values_for(kind, record):
+    """``HyperValues`` of ``record`` for an update of ``kind`` (compiled code only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_values_for, inline="always")
+def _values_for_overload(kind, record):
+    if _is_plain(kind):
+        return lambda kind, record: _plain_sgd_values(record)
+    return lambda kind, record: _hyper_values(record)
+
+
+def _slots_for(kind, slots_w):
+    """How many optimiser slots an update of ``kind`` reads (compiled code only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_slots_for, inline="always")
+def _slots_for_overload(kind, slots_w):
+    if _is_plain(kind):
+        return lambda kind, slots_w: 0
+    return lambda kind, slots_w: slots_w.shape[0]
 
 
 @kernel(inline=True)
@@ -959,29 +1016,37 @@ def _update_loops(gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, st
     return finite
 
 
-# Not inlined into the kernels that call it, but compiled once for all of
-# them: it holds twelve copies of the rule (three specialisations, check
-# and write, W and b), and inlined into each kernel they made the first
-# fit_steps call compile in 109 s against 45 s (22 s before the rules were
-# shared; measured on a 2-core machine).  The call costs ~35 ns a step
-# (the seed fit: 25 against 28 us for 100 steps).
+@kernel(inline=True)
+def _update_body(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hp, k, limit):
+    """:func:`_update` with the record's values ``hp`` and slot count ``k``
+    already taken (once per call, by the small-problem kernels)."""
+    step = counters[CNT_STEP]
+    lr = _scheduled_lr(hp, step)
+    has_buf = counters[CNT_HAS_BUF] != 0
+    if not _update_loops(gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit, False):
+        return NONFINITE_UPDATE
+    _update_loops(gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit, True)
+    step_taken(counters, hp["rule"] == RULE_SGD and hp["momentum"] != 0.0)
+    return OK
+
+
+# Not inlined into the streaming kernels that call it, but compiled once per
+# kind for all of them: it holds four copies of the rule (check and write, W
+# and b), and inlined into each kernel the copies made the first fit_steps
+# call compile in 109 s against 45 s (when one generic copy served every
+# rule).  The small-problem kernels inline it (:func:`_update_body`).
 @kernel
-def _update(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hyper, limit):
-    """The update with the gradient ``scale·(gW, gb)``: check, then write.
+def _update(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, limit):
+    """The update of ``hyper[0]``'s rule (compiled for ``kind``, see
+    :data:`PLAIN_SGD`) with the gradient ``scale·(gW, gb)``: check, then write.
 
     The learning rate is the schedule's at ``counters[CNT_STEP]``; after
     writing, the step is counted (:func:`.counters.step_taken`).  Returns a
     status; on ``NONFINITE_UPDATE`` nothing was written, counters included.
     """
-    hp = _hyper_values(hyper[0])
-    step = counters[CNT_STEP]
-    lr = _scheduled_lr(hp, step)
-    has_buf = counters[CNT_HAS_BUF] != 0
-    if not _update_pass(gW, gb, scale, W, b, has_bias, slots_w, slots_b, hp, lr, step, has_buf, limit, False):
-        return NONFINITE_UPDATE
-    _update_pass(gW, gb, scale, W, b, has_bias, slots_w, slots_b, hp, lr, step, has_buf, limit, True)
-    step_taken(counters, hp["rule"] == RULE_SGD and hp["momentum"] != 0.0)
-    return OK
+    hp = _values_for(kind, hyper[0])
+    k = _slots_for(kind, slots_w)
+    return _update_body(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hp, k, limit)
 
 
 @kernel
@@ -994,7 +1059,7 @@ def learning_rates(hyper, first_step, out):
 
 
 @kernel
-def apply_update(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hyper, limit):
+def apply_update(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, limit):
     """Apply the update of ``hyper[0]`` with the float64 gradient ``scale·(gW, gb)``.
 
     Returns ``NONFINITE_LOSS`` if the gradient holds NaN/Inf,
@@ -1007,14 +1072,14 @@ def apply_update(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hype
         for d in range(gW.shape[1]):
             if not np.isfinite(gW[o, d]):
                 return NONFINITE_LOSS
-    return _update(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hyper, limit)
+    return _update(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, limit)
 
 
 # --------------------------------------------------------------------------
 # fused step and fit
 # --------------------------------------------------------------------------
 @kernel(inline=True)
-def _finish_step(gW, gb, sse_, n, W, b, has_bias, slots_w, slots_b, counters, hyper, reduce_sum, limit):
+def _finish_step(gW, gb, sse_, n, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, reduce_sum, limit):
     """Turn a batch's sums into its loss and, if all is finite, the update.
 
     Returns ``(loss, status)``: the loss is measured before the update, the
@@ -1030,11 +1095,11 @@ def _finish_step(gW, gb, sse_, n, W, b, has_bias, slots_w, slots_b, counters, hy
         scale = 2.0 / (n * n_out)
     if not np.isfinite(sse_):
         return loss, NONFINITE_LOSS
-    return loss, _update(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hyper, limit)
+    return loss, _update(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, limit)
 
 
 @kernel
-def fused_step(X, T, W, b, has_bias, slots_w, slots_b, counters, hyper, reduce_sum, limit, chunk_rows, work, acc):
+def fused_step(X, T, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, reduce_sum, limit, chunk_rows, work, acc):
     """One full-batch step on (X, T), updating W, b and the slots in place;
     X is read once.  Returns ``(loss before the update, status)``."""
     n_rows = X.shape[0]
@@ -1044,12 +1109,14 @@ def fused_step(X, T, W, b, has_bias, slots_w, slots_b, counters, hyper, reduce_s
     R = R_p[0] if R_p.shape[0] else R_p.reshape((0, 0))
     no_rows = np.empty(0, dtype=np.int64)
     sse_ = _rows_partials(X, T, W, WT, b, no_rows, False, 0, 0, n_rows, gW, gb, acc[0], R, tiled)
-    return _finish_step(gW, gb, sse_, n_rows, W, b, has_bias, slots_w, slots_b, counters, hyper, reduce_sum, limit)
+    return _finish_step(
+        gW, gb, sse_, n_rows, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, reduce_sum, limit
+    )
 
 
 @kernel(parallel=True)
 def fused_step_parallel(
-    X, T, W, b, has_bias, slots_w, slots_b, counters, hyper, reduce_sum, limit, chunk_rows, work, acc
+    X, T, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, reduce_sum, limit, chunk_rows, work, acc
 ):
     """:func:`fused_step` over chunks of ``chunk_rows`` rows, in parallel."""
     n_rows = X.shape[0]
@@ -1061,7 +1128,9 @@ def fused_step_parallel(
     sse_ = _chunked_sums(
         X, T, W, WT, b, no_rows, False, 0, n_rows, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc, R_p, tiled
     )
-    return _finish_step(gW, gb, sse_, n_rows, W, b, has_bias, slots_w, slots_b, counters, hyper, reduce_sum, limit)
+    return _finish_step(
+        gW, gb, sse_, n_rows, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, reduce_sum, limit
+    )
 
 
 # The counter-based permutation of :mod:`.permute`, compiled for the CPU
@@ -1124,6 +1193,7 @@ def fit_steps(
     slots_b,
     counters,
     hyper,
+    kind,
     reduce_sum,
     limit,
     batch_size,
@@ -1152,7 +1222,7 @@ def fit_steps(
             _pack_weight(W, WT)
         sse_ = _rows_partials(X, T, W, WT, b, perm, shuffle, pos, 0, n, gW, gb, acc[0], R, tiled)
         loss, status = _finish_step(
-            gW, gb, sse_, n, W, b, has_bias, slots_w, slots_b, counters, hyper, reduce_sum, limit
+            gW, gb, sse_, n, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, reduce_sum, limit
         )
         losses[s] = loss
         if status != OK:
@@ -1172,6 +1242,7 @@ def fit_steps_parallel(
     slots_b,
     counters,
     hyper,
+    kind,
     reduce_sum,
     limit,
     batch_size,
@@ -1195,8 +1266,135 @@ def fit_steps_parallel(
             X, T, W, WT, b, perm, shuffle, pos, n, chunk_rows, gW, gb, loss_p, gW_p, gb_p, acc, R_p, tiled
         )
         loss, status = _finish_step(
-            gW, gb, sse_, n, W, b, has_bias, slots_w, slots_b, counters, hyper, reduce_sum, limit
+            gW, gb, sse_, n, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, reduce_sum, limit
         )
+        losses[s] = loss
+        if status != OK:
+            return s, status
+        advance(counters, n, n_rows)
+    return losses.shape[0], OK
+
+
+# --------------------------------------------------------------------------
+# small problems: one plain loop, everything inlined
+# --------------------------------------------------------------------------
+# Below SMALL_WORK multiply-adds a batch (rows x D x O), a step's arithmetic
+# takes tens of nanoseconds, and what the streaming kernels add around it --
+# calls of non-inlined functions with a dozen array arguments, the group and
+# flush bookkeeping, the record read at every step -- cost several times
+# that (the seed's 1 x 5 -> 2: about 480 ns a step in fit_steps, 95 ns
+# here).  These kernels read the record once a call and run the batch as
+# plain loops.  Their gradient adds each row straight into float64, so from
+# about 1000 multiply-adds the streaming kernels are faster again (measured
+# per step of a 100-step fit: 16 x 16 -> 2, 500 against 520 ns; 32 x 16 -> 2,
+# 1550 against 1280 ns; bench/RESULTS.md).
+SMALL_WORK = 512
+
+
+@kernel(inline=True)
+def _small_sums(X, T, W, b, rows, use_rows, start, n, gW, gb):
+    """Loss and gradient sums of a small batch (rows ``start..start+n``, via
+    ``rows`` when ``use_rows``): ``gW = Σ r·x``, ``gb = Σ r``, returns ``Σ r²``.
+
+    The accuracy rules of the streaming kernels' last rows: a row's dot
+    product in the data's dtype, the residual and every sum in float64, and
+    each gradient product ``r·x`` formed in the data's dtype and added
+    straight into float64.
+    """
+    n_out, n_in = W.shape
+    cast = X.dtype.type
+    for o in range(n_out):
+        gb[o] = 0.0
+        for d in range(n_in):
+            gW[o, d] = 0.0
+    loss = 0.0
+    for k in range(n):
+        i = rows[start + k] if use_rows else start + k
+        for o in range(n_out):
+            a = cast(0.0)
+            for d in range(n_in):
+                a += X[i, d] * W[o, d]
+            r = np.float64(a) + b[o] - T[i, o]
+            loss += r * r
+            gb[o] += r
+            f = cast(r)
+            for d in range(n_in):
+                gW[o, d] += f * X[i, d]
+    return loss
+
+
+@kernel(inline=True)
+def _small_step(
+    X, T, W, b, has_bias, slots_w, slots_b, counters, hp, k, reduce_sum, limit, rows, use_rows, pos, n, gW, gb
+):
+    """One step on a small batch: ``(loss before the update, status)``."""
+    sse_ = _small_sums(X, T, W, b, rows, use_rows, pos, n, gW, gb)
+    if reduce_sum:
+        loss = sse_
+        scale = 2.0
+    else:
+        loss = sse_ / (n * W.shape[0])
+        scale = 2.0 / (n * W.shape[0])
+    if not np.isfinite(sse_):
+        return loss, NONFINITE_LOSS
+    return loss, _update_body(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hp, k, limit)
+
+
+@kernel
+def fused_step_small(
+    X, T, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, reduce_sum, limit, chunk_rows, work, acc
+):
+    """:func:`fused_step` for a batch under SMALL_WORK (same arguments;
+    ``chunk_rows`` and ``acc`` unused, ``work`` holds gW and gb)."""
+    n_out, n_in = W.shape
+    gW = work[0 : n_out * n_in].reshape((n_out, n_in))
+    gb = work[n_out * n_in : n_out * n_in + n_out]
+    hp = _values_for(kind, hyper[0])
+    n_slots = _slots_for(kind, slots_w)
+    no_rows = np.empty(0, dtype=np.int64)
+    return _small_step(
+        X, T, W, b, has_bias, slots_w, slots_b, counters, hp, n_slots, reduce_sum, limit, no_rows, False, 0,
+        X.shape[0], gW, gb,
+    )  # fmt: skip
+
+
+@kernel
+def fit_steps_small(
+    X,
+    T,
+    W,
+    b,
+    has_bias,
+    slots_w,
+    slots_b,
+    counters,
+    hyper,
+    kind,
+    reduce_sum,
+    limit,
+    batch_size,
+    shuffle,
+    seed,
+    chunk_rows,
+    perm,
+    work,
+    acc,
+    losses,
+):
+    """:func:`fit_steps` for batches under SMALL_WORK (same arguments and
+    results; ``chunk_rows`` and ``acc`` unused, ``work`` holds gW and gb)."""
+    n_rows = X.shape[0]
+    n_out, n_in = W.shape
+    gW = work[0 : n_out * n_in].reshape((n_out, n_in))
+    gb = work[n_out * n_in : n_out * n_in + n_out]
+    hp = _values_for(kind, hyper[0])
+    n_slots = _slots_for(kind, slots_w)
+    for s in range(losses.shape[0]):
+        pos, n = next_batch(counters, perm, shuffle, seed, batch_size, n_rows)
+        loss, status = _small_step(
+            X, T, W, b, has_bias, slots_w, slots_b, counters, hp, n_slots, reduce_sum, limit, perm, shuffle, pos, n,
+            gW, gb,
+        )  # fmt: skip
         losses[s] = loss
         if status != OK:
             return s, status

@@ -461,6 +461,26 @@ def _gemm_forward(W, b, X):
     return Y
 
 
+# The update kind (cpu.PLAIN_SGD or cpu.ANY_RULE) of each hyper array seen
+# lately, by id.  An optimiser hands out a new array whenever a value changes
+# and never mutates one it handed out; the entry keeps its array alive, so
+# the id is not reused while the entry exists.
+_KINDS: dict[int, tuple[np.ndarray, object]] = {}
+_KINDS_SIZE = 64
+
+
+def _update_kind(hyper):
+    """The kind of update the kernels compile for ``hyper`` (see cpu.update_kind)."""
+    hit = _KINDS.get(id(hyper))
+    if hit is not None and hit[0] is hyper:
+        return hit[1]
+    kind = cpu.update_kind(hyper[0])
+    if len(_KINDS) >= _KINDS_SIZE:
+        _KINDS.clear()  # (rare: a callback changing lr every step; a lost entry is only recomputed)
+    _KINDS[id(hyper)] = (hyper, kind)
+    return kind
+
+
 def _gemm_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws, rows=None, start=0, n=None):
     n = X.shape[0] - start if n is None else n
     sse, gW, gb = _gemm_sums(W, b, X, T, ws, rows, start, n)
@@ -476,6 +496,7 @@ def _gemm_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws, rows=None, st
         state.slots_b,
         state.counters,
         hyper,
+        _update_kind(hyper),
         reduce_sum,
         _LIMITS[W.dtype],
     )
@@ -545,14 +566,34 @@ def backward(X, dY, W, ws):
     return dX, dW.astype(W.dtype), db.astype(W.dtype)
 
 
+def _small(n_rows, n_out, n_in):
+    """A batch this small runs in the plain-loop kernels (cpu.SMALL_WORK)."""
+    return n_rows * n_out * n_in <= cpu.SMALL_WORK
+
+
+def _step_kernel(n_rows, n_out, n_in, n_chunks):
+    """The fused-step kernel for a batch of this shape (the shape alone decides)."""
+    if _small(n_rows, n_out, n_in):
+        return cpu.fused_step_small
+    return cpu.fused_step_parallel if n_chunks > 1 else cpu.fused_step
+
+
+def _fit_kernel(batch_size, n_out, n_in, n_chunks):
+    """The fit kernel for batches of ``batch_size`` rows: the one
+    :func:`_step_kernel` picks for a batch that size, so that a fit's steps
+    round as lone steps do."""
+    if _small(batch_size, n_out, n_in):
+        return cpu.fit_steps_small
+    return cpu.fit_steps_parallel if n_chunks > 1 else cpu.fit_steps
+
+
 def fused_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws):
     """One full-batch step in place (W, b, ``state``).  Returns ``(loss, status)``."""
     n_out, n_in = W.shape
     if uses_gemm(n_out, n_in):
         return _gemm_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws)
     chunk_rows, n_chunks, work, acc = _scratch(ws, X.shape[0], W)
-    kernel = cpu.fused_step_parallel if n_chunks > 1 else cpu.fused_step
-    loss, status = kernel(
+    loss, status = _step_kernel(X.shape[0], n_out, n_in, n_chunks)(
         X,
         T,
         W,
@@ -562,6 +603,7 @@ def fused_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws):
         state.slots_b,
         state.counters,
         hyper,
+        _update_kind(hyper),
         reduce_sum,
         _LIMITS[W.dtype],
         chunk_rows,
@@ -586,7 +628,18 @@ def apply_update(gW, gb, scale, W, b, has_bias, state, hyper):
     gb = np.ascontiguousarray(gb, dtype=np.float64)
     return int(
         cpu.apply_update(
-            gW, gb, scale, W, b, has_bias, state.slots_w, state.slots_b, state.counters, hyper, _LIMITS[W.dtype]
+            gW,
+            gb,
+            scale,
+            W,
+            b,
+            has_bias,
+            state.slots_w,
+            state.slots_b,
+            state.counters,
+            hyper,
+            _update_kind(hyper),
+            _LIMITS[W.dtype],
         )
     )
 
@@ -607,7 +660,7 @@ class FitPlan:
             n_chunks = 0  # no kernel scratch on the GEMM path
         self.work = np.empty(cpu.scratch_layout(n_out, n_in, n_chunks).size, dtype=np.float64)
         self.acc = np.empty((n_chunks, n_out, n_in), dtype=dtype)
-        self.kernel = cpu.fit_steps_parallel if n_chunks > 1 else cpu.fit_steps
+        self.kernel = _fit_kernel(self.batch_size, n_out, n_in, n_chunks)
 
 
 def fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed, dtype):
@@ -628,6 +681,7 @@ def fit_steps(X, T, W, b, has_bias, state, hyper, reduce_sum, plan, losses):
         state.slots_b,
         state.counters,
         hyper,
+        _update_kind(hyper),
         reduce_sum,
         _LIMITS[W.dtype],
         plan.batch_size,
