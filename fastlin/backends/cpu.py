@@ -901,13 +901,15 @@ _hyper_values = kernel(inline=True)(_hyper_values)  # type: ignore[has-type]  # 
 # * ANY_RULE: every other rule (momentum, weight decay, Adam, AdamW), read
 #   from the record; slot j is read when j < slots_w.shape[0].
 #
-# One generic copy inside every kernel made a plain-SGD user compile all
-# the rules (the first fit_steps call: 45 s against 22 s before the rules
-# were shared), and the seed fit's update ran 3-5x longer than this one.
-UpdateKind = namedtuple("UpdateKind", ["code"])
-PlainSGD = namedtuple("PlainSGD", ["code"])
-PLAIN_SGD = PlainSGD(0)
-ANY_RULE = UpdateKind(1)
+# The kind is the dtype of an empty array: numba's dispatcher types an array
+# argument in tens of nanoseconds, a namedtuple in 1.4 us (measured), which
+# a 4 us step would feel.  One generic copy inside every kernel made a
+# plain-SGD user compile all the rules (the first fit_steps call: 45 s
+# against 22 s before the rules were shared), and the seed fit's update ran
+# 3-5x longer than this one.
+PLAIN_SGD = np.empty(0, dtype=np.uint8)
+ANY_RULE = np.empty(0, dtype=np.int8)
+PLAIN_SGD.flags.writeable = ANY_RULE.flags.writeable = False
 
 
 def update_kind(hp):
@@ -939,7 +941,7 @@ _plain_sgd_values = kernel(inline=True)(_plain_sgd_values)  # type: ignore[has-t
 
 
 def _is_plain(kind):
-    return isinstance(kind, types.BaseNamedTuple) and kind.instance_class is PlainSGD
+    return isinstance(kind, types.Array) and kind.dtype == types.uint8
 
 
 def _values_for(kind, record):
