@@ -29,15 +29,15 @@ LIMIT32 = float(np.finfo(np.float32).max)
     [
         (fastlin.SGD(0.1), True),
         (fastlin.SGD(0.1, schedule=fastlin.schedules.cosine(10)), True),
-        (fastlin.SGD(0.1, momentum=0.9), False),
-        (fastlin.SGD(0.1, weight_decay=1e-3), False),
-        (fastlin.Adam(), False),
-        (fastlin.AdamW(), False),
+        (fastlin.SGD(0.1, momentum=0.9), "sgd"),
+        (fastlin.SGD(0.1, weight_decay=1e-3), "sgd"),
+        (fastlin.Adam(), "any"),
+        (fastlin.AdamW(), "any"),
     ],
 )
-def test_update_kind_picks_the_plain_copy_for_plain_sgd_only(opt, plain):
+def test_update_kind_picks_the_copy_of_the_rule(opt, plain):
     kind = cpu.update_kind(opt.hyper()[0])
-    assert (kind is cpu.PLAIN_SGD) == plain
+    assert kind is {True: cpu.PLAIN_SGD, "sgd": cpu.SGD, "any": cpu.ANY_RULE}[plain]
     assert cpu_ops._update_kind(opt.hyper()) is kind
 
 
@@ -62,12 +62,17 @@ def _kernel_run(kernel, kind, X, T, W, b, hyper, steps, batch, shuffle):
 
 @pytest.mark.parametrize("kernel", [cpu.fit_steps, cpu.fit_steps_small], ids=["streaming", "small"])
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_the_plain_copy_equals_the_generic_one_bit_for_bit(kernel, shuffle):
+def test_each_copy_equals_the_generic_one_bit_for_bit(kernel, shuffle):
     X, T, W, b = make_data(9, 5, 2, np.float32, seed=4)
     hyper = fastlin.SGD(0.05, schedule=fastlin.schedules.step(3, 0.5)).hyper()
     plain = _kernel_run(kernel, cpu.PLAIN_SGD, X, T, W, b, hyper, 12, 4, shuffle)
-    generic = _kernel_run(kernel, cpu.ANY_RULE, X, T, W, b, hyper, 12, 4, shuffle)
-    for a, g in zip(plain, generic):
+    for kind in (cpu.SGD, cpu.ANY_RULE):
+        for a, g in zip(plain, _kernel_run(kernel, kind, X, T, W, b, hyper, 12, 4, shuffle)):
+            np.testing.assert_array_equal(a, g)
+    # SGD with weight decay (no slots): its own copy against the generic one
+    hyper = fastlin.SGD(0.05, weight_decay=0.1).hyper()
+    sgd = _kernel_run(kernel, cpu.SGD, X, T, W, b, hyper, 12, 4, shuffle)
+    for a, g in zip(sgd, _kernel_run(kernel, cpu.ANY_RULE, X, T, W, b, hyper, 12, 4, shuffle)):
         np.testing.assert_array_equal(a, g)
 
 

@@ -898,8 +898,11 @@ _hyper_values = kernel(inline=True)(_hyper_values)  # type: ignore[has-type]  # 
 # * PLAIN_SGD: SGD without momentum or weight decay, the seed's rule and the
 #   default.  Its HyperValues hold those fields as constants, so LLVM folds
 #   the rule down to ``p - lr * g`` and no slot is read.
-# * ANY_RULE: every other rule (momentum, weight decay, Adam, AdamW), read
-#   from the record; slot j is read when j < slots_w.shape[0].
+# * SGD: SGD with momentum or weight decay.  The rule is a constant (Adam's
+#   branch folds away), its fields come from the record, and slot 0 (the
+#   momentum buffer) is read when slots_w has it.
+# * ANY_RULE: every other rule (Adam, AdamW), read from the record; slot j
+#   is read when j < slots_w.shape[0].
 #
 # The kind is the dtype of an empty array: numba's dispatcher types an array
 # argument in tens of nanoseconds, a namedtuple in 1.4 us (measured), which
@@ -908,14 +911,17 @@ _hyper_values = kernel(inline=True)(_hyper_values)  # type: ignore[has-type]  # 
 # against 22 s before the rules were shared), and the seed fit's update ran
 # 3-5x longer than this one.
 PLAIN_SGD = np.empty(0, dtype=np.uint8)
+SGD = np.empty(0, dtype=np.uint16)
 ANY_RULE = np.empty(0, dtype=np.int8)
-PLAIN_SGD.flags.writeable = ANY_RULE.flags.writeable = False
+PLAIN_SGD.flags.writeable = SGD.flags.writeable = ANY_RULE.flags.writeable = False
 
 
 def update_kind(hp):
     """The kind of update for one :data:`.abi.HYPER` record ``hp`` (``hyper[0]``)."""
-    plain = hp["rule"] == RULE_SGD and hp["momentum"] == 0.0 and hp["weight_decay"] == 0.0
-    return PLAIN_SGD if plain else ANY_RULE
+    if hp["rule"] != RULE_SGD:
+        return ANY_RULE
+    plain = hp["momentum"] == 0.0 and hp["weight_decay"] == 0.0
+    return PLAIN_SGD if plain else SGD
 
 
 # Plain SGD's HyperValues: the fields the SGD rule tests are constants (the
@@ -939,9 +945,29 @@ _PLAIN_SOURCE = "def _plain_sgd_values(hp):\n    return HyperValues({})\n".forma
 exec(compile(_PLAIN_SOURCE, __file__, "exec"))
 _plain_sgd_values = kernel(inline=True)(_plain_sgd_values)  # type: ignore[has-type]  # noqa: F821 (made by the exec above)
 
+# SGD's: the rule and Adam's fields constant, SGD's own fields and the
+# schedule from the record.
+_SGD_CONSTANTS = {
+    "rule": str(RULE_SGD),
+    "beta1": "0.0",
+    "beta2": "0.0",
+    "eps": "0.0",
+    "amsgrad": "False",
+    "decoupled": "False",
+}
+_SGD_SOURCE = "def _sgd_values(hp):\n    return HyperValues({})\n".format(
+    ", ".join(_SGD_CONSTANTS.get(name, f'hp["{name}"]') for name in _HYPER_NAMES)
+)
+exec(compile(_SGD_SOURCE, __file__, "exec"))
+_sgd_values = kernel(inline=True)(_sgd_values)  # type: ignore[has-type]  # noqa: F821 (made by the exec above)
+
 
 def _is_plain(kind):
     return isinstance(kind, types.Array) and kind.dtype == types.uint8
+
+
+def _is_sgd(kind):
+    return isinstance(kind, types.Array) and kind.dtype == types.uint16
 
 
 def _values_for(kind, record):
@@ -953,6 +979,8 @@ def _values_for(kind, record):
 def _values_for_overload(kind, record):
     if _is_plain(kind):
         return lambda kind, record: _plain_sgd_values(record)
+    if _is_sgd(kind):
+        return lambda kind, record: _sgd_values(record)
     return lambda kind, record: _hyper_values(record)
 
 
