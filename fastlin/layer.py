@@ -580,10 +580,13 @@ class Linear:
         smallest ``‖W‖² + ‖b‖²``.
 
         One pass over X and T forms the float64 sums ``Σ w·xxᵀ``, ``Σ w·xtᵀ``,
-        ``Σ w·x``, ``Σ w·t`` and ``Σ w·t²`` (shifted by the first row, so that
-        columns with large offsets, such as timestamps, lose no digits), in
-        fixed chunks added in order (the same bits for any number of
-        threads); then a float64 solve of size ``in_features + 1``: Cholesky
+        ``Σ w·x``, ``Σ w·t`` and ``Σ w·t²`` (shifted by a reference row, so
+        that columns with large offsets, such as timestamps, lose no digits),
+        in fixed chunks added in order (the same bits for any number of
+        threads).  For float32 data the products are formed in float32 over
+        runs of 64 rows and flushed into the float64 sums, as the gradient
+        kernels do (measured: sums within about 4e-9 of their largest entry;
+        see :mod:`fastlin.backends.cpu_gram`).  Then a float64 solve of size ``in_features + 1``: Cholesky
         when well conditioned, else an eigendecomposition with the
         minimum-norm choice (see :mod:`fastlin._solve` for where that stops).
 
@@ -602,7 +605,8 @@ class Linear:
         float
             The training loss (the first term above) of the new weights as
             stored (rounded to the layer's dtype), computed from the sums (absolute error about
-            1e-16 × the variance of T, so a perfect fit reads as about 0).
+            1e-16 × the variance of T for float64 data, so a perfect fit reads as about 0;
+            about 1e-8 × the mean square of T for float32 data).
 
         Raises
         ------

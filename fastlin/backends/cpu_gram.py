@@ -19,18 +19,65 @@ Why the shift
     coordinates (:mod:`fastlin._solve`), so nothing large is ever subtracted.
     X itself is never copied or modified.
 
-Arithmetic
+Arithmetic, float64 data
     Each row block is converted to float64 (and shifted) into a small
-    transposed scratch ``Zt`` (P_pad, BLOCK_ROWS): the products of float32
-    values are then exact, and the inner loops are dot products of two
-    contiguous float64 vectors, which LLVM vectorises (``reassoc``).  Tiles of
-    4 × 2 entries of ``S`` are accumulated at once, so six loads of ``Zt``
-    feed eight multiply-adds.
+    transposed scratch ``Zt`` (P_pad, BLOCK_ROWS): the inner loops are dot
+    products of two contiguous float64 vectors, which LLVM vectorises
+    (``reassoc``).  Tiles of 4 × 2 entries of ``S`` are accumulated at once,
+    so six loads of ``Zt`` feed eight multiply-adds.
+
+Arithmetic, float32 data (X and T both float32)
+    The products are formed in float32 over runs of at most ``RUN_ROWS`` (64)
+    rows and each run's sums go into the float64 ``S`` -- the rule the
+    gradient kernels follow (products in the data's dtype over at most 64
+    rows, ``cpu.FLUSH_ROWS``; every long sum in float64).  A run is shifted into a row-major float32
+    scratch ``Z`` (RUN_ROWS, P + padding; one float32 subtraction per value),
+    and tiles of 6 × 16 entries of ``S`` are summed over its rows in twelve
+    8-lane vector registers (two vector loads of ``Z``, six broadcasts and
+    twelve fused multiply-adds per row; ``_tile32``), from the diagonal on.
+    Within a chunk the shift is by the chunk's own reference (the mean of
+    its first run, rounded to float32: values near the chunk's centre make
+    the smallest products, hence the smallest rounding errors), and the
+    chunk's float64 sums are then moved to (x_ref, t_ref) exactly as
+    :func:`fastlin._solve.shift_sums` does.  Large offsets still cannot
+    cancel: values near 1e9 with a spread of 1e4 are shifted by a float32
+    reference of the same size, exactly (Sterbenz), before any product.
+
+    What it costs.  Each entry of ``S`` is within
+    ``(RUN_ROWS + 4)·2⁻²⁴·Σ w·(|z| + |δ|)(|z| + |δ|)ᵀ`` (plus float64
+    rounding) of the exact sum, z the values about the chunk's reference and
+    δ that reference's distance to (x_ref, t_ref): the worst case, ~4e-6 of
+    the sum of absolute products.  Measured (tests/test_solve.py; make_regression
+    data, float64 numpy reference of the same shifted sums): the largest
+    error was 2e-8 to 6e-8 of the largest entry of ``S`` on a few hundred to
+    a thousand rows, 3e-9 at 100,000 rows and 6e-10 at 1,000,000 (rounding
+    errors of different runs partly cancel), and the largest per-entry error
+    below 2e-7 of its ``Σ|w·z zᵀ|``.  Float32 data with a large offset sits
+    on a coarse grid (spacing 2⁻¹⁰ near 1e4), and there the rounding errors
+    of the runs do not cancel: 2.9e-7 of the largest ``Σx'²`` on 2,000 rows
+    (offset 1e4, spread 1), the weights 3.5e-7 and the bias 5.5e-5 from the
+    float64-product answer (the bias carries the weights' error times the
+    offset; predictions stay within 5e-7).  The solution on ordinary data does not notice (weights
+    within 1e-7 of float64 ``lstsq``; scikit-learn's Ridge, whose XᵀX is a
+    float32 SGEMM, is at 1e-5), but a training loss computed from the sums
+    (``_solve.layer_loss``: ``Σt'² − θᵀg``, a difference of two numbers about
+    1/(1 − R²) times larger than it) carries an absolute error of about
+    1e-8 (large N) to 1e-7 (small N) times ``Σ w·t'²/Σw``, where float64
+    products gave 1e-16.
+
+    Safe range.  A chunk with a nonzero shifted (or weighted) value outside
+    [2⁻⁶⁰, 2⁶⁰] in magnitude, an infinity, or a positive weight outside
+    [2⁻⁶⁰, 2⁶⁰] is summed by the float64 kernels instead (``_fill32`` tests
+    every value; float32 products of such values could overflow, or lose
+    digits to underflow).  NaN is not tested for (the callers reject it
+    before the pass, and it would only make the sums NaN).
 
 Determinism
-    Rows are split into fixed chunks (chosen from the shape alone); each
-    chunk writes its own partial ``S``, and the partials are added in chunk
-    order, so the result is bit-identical for any number of threads.
+    Rows are split into fixed chunks (chosen from the shape and dtype alone);
+    each chunk writes its own partial ``S`` (its run boundaries, reference and
+    float32-or-float64 choice depend on its rows only), and the partials are
+    added in chunk order, so the result is bit-identical for any number of
+    threads.  No BLAS is called.
 """
 
 from __future__ import annotations
@@ -41,6 +88,7 @@ import numpy as np
 from numba import prange
 
 from .._jit import kernel, kernel_pair
+from ._simd import vaddto8, vbroadcast8, vload8, vmuladd8, vzeros8
 
 # P is padded to a multiple of TILE (the row count of a tile of S).
 TILE = 4
@@ -214,3 +262,266 @@ def _gram(X, T, w, use_w, x_ref, t_ref, chunk_rows, Zt, Zw, partial, S):
 
 
 gram, gram_parallel = kernel_pair(_gram)
+
+
+# --------------------------------------------------------------------------
+# float32 data: float32 products over runs of RUN_ROWS rows, float64 sums
+# --------------------------------------------------------------------------
+# Rows whose float32 products are summed in float32 before they go into the
+# float64 sums (as cpu.FLUSH_ROWS).  128 was 4% faster at 100,000 × 200 and
+# the same at 1,000,000 × 50 (one thread, measured), but on float32 data with
+# a large offset (values on a coarse grid, whose rounding errors do not
+# average out) its sums were less accurate: 4.2e-7 against 2.9e-7 of the
+# largest Σx'² (2,000 rows, offset 1e4, spread 1).
+RUN_ROWS = 64
+# A tile of S is TILE_ROWS rows by TILE_COLS columns: two 8-lane vectors per
+# row, twelve accumulators in all.
+TILE_ROWS = 6
+TILE_COLS = 16
+# Shifted values (and weighted ones) within [2**-RANGE_EXP, 2**RANGE_EXP] in
+# magnitude, or zero, keep every float32 product and run sum a normal float
+# (RUN_ROWS · 2**(2·RANGE_EXP) < float32's largest, 2**(-2·RANGE_EXP) above
+# its smallest normal).  A chunk with any value outside is summed in float64.
+RANGE_EXP = 60
+_RANGE_HI = np.float32(2.0**RANGE_EXP)
+_RANGE_LO = np.float32(2.0**-RANGE_EXP)
+# Sample weights within [2**-WEIGHT_EXP, 2**WEIGHT_EXP] (or zero) keep a
+# weighted value of the safe range from rounding to zero in float32.
+WEIGHT_EXP = 60
+
+
+def padded_shape32(n_in, n_out):
+    """``(rows, cols)`` of a float32-path partial ``S`` (and ``cols``, the
+    width of its scratch): P rounded up to a multiple of TILE_ROWS, and P
+    rounded up to a multiple of 8 plus TILE_COLS (a row of tiles starts on the
+    diagonal, so the last one may reach TILE_COLS − 1 columns past P)."""
+    p = n_in + 1 + n_out
+    return -(-p // TILE_ROWS) * TILE_ROWS, -(-p // 8) * 8 + TILE_COLS
+
+
+@kernel
+def _fill32(X, T, w, use_w, x_ref, t_ref, lo, hi, Z, Zw):
+    """Rows lo..hi of ``[x − x_ref, 1, t − t_ref]`` into ``Z[0:hi-lo]``
+    (float32, one rounding: X and the reference are float32); ``Zw`` the same
+    times the row weights (rounded once more).  Returns True when a nonzero
+    value of either, or a positive weight, is outside the safe range
+    (RANGE_EXP, WEIGHT_EXP; infinities included)."""
+    n_in = X.shape[1]
+    n_out = T.shape[1]
+    p = n_in + 1 + n_out
+    bad = False
+    # The range test is an OR-reduction of comparisons, which vectorises (a
+    # float max would not without no-NaN fast math).  NaN fails every
+    # comparison; the callers reject NaN input before the pass.
+    for ii in range(hi - lo):
+        i = lo + ii
+        for d in range(n_in):
+            v = X[i, d] - x_ref[d]
+            Z[ii, d] = v
+            a = abs(v)
+            bad |= (a > _RANGE_HI) | ((a < _RANGE_LO) & (a > 0.0))
+        Z[ii, n_in] = 1.0
+        for o in range(n_out):
+            v = T[i, o] - t_ref[o]
+            Z[ii, n_in + 1 + o] = v
+            a = abs(v)
+            bad |= (a > _RANGE_HI) | ((a < _RANGE_LO) & (a > 0.0))
+        if use_w:
+            wi = w[i]
+            bad |= wi > 0.0 and (wi < 2.0**-WEIGHT_EXP or wi > 2.0**WEIGHT_EXP)
+            for q in range(p):
+                v = np.float32(wi * np.float64(Z[ii, q]))
+                Zw[ii, q] = v
+                a = abs(v)
+                bad |= (a > _RANGE_HI) | ((a < _RANGE_LO) & (a > 0.0))
+    return bad
+
+
+@kernel(inline=True)
+def _tile32(A, B, j, k, m, S):
+    """``S[j:j+6, k:k+16] += A[:m, j:j+6]ᵀ · B[:m, k:k+16]`` (float32 sums
+    over the m rows, added to the float64 S once).
+
+    Each row costs two vector loads of B, six broadcasts of A and twelve
+    multiply-adds; the twelve accumulators, the two loads and one broadcast
+    fill the sixteen AVX2 registers.
+    """
+    a0 = a1 = a2 = a3 = a4 = a5 = vzeros8(B)
+    c0 = c1 = c2 = c3 = c4 = c5 = vzeros8(B)
+    for i in range(m):
+        xa = vload8(B, i, k)
+        xc = vload8(B, i, k + 8)
+        r = vbroadcast8(A, i, j)
+        a0 = vmuladd8(a0, r, xa)
+        c0 = vmuladd8(c0, r, xc)
+        r = vbroadcast8(A, i, j + 1)
+        a1 = vmuladd8(a1, r, xa)
+        c1 = vmuladd8(c1, r, xc)
+        r = vbroadcast8(A, i, j + 2)
+        a2 = vmuladd8(a2, r, xa)
+        c2 = vmuladd8(c2, r, xc)
+        r = vbroadcast8(A, i, j + 3)
+        a3 = vmuladd8(a3, r, xa)
+        c3 = vmuladd8(c3, r, xc)
+        r = vbroadcast8(A, i, j + 4)
+        a4 = vmuladd8(a4, r, xa)
+        c4 = vmuladd8(c4, r, xc)
+        r = vbroadcast8(A, i, j + 5)
+        a5 = vmuladd8(a5, r, xa)
+        c5 = vmuladd8(c5, r, xc)
+    vaddto8(S, j, k, a0)
+    vaddto8(S, j, k + 8, c0)
+    vaddto8(S, j + 1, k, a1)
+    vaddto8(S, j + 1, k + 8, c1)
+    vaddto8(S, j + 2, k, a2)
+    vaddto8(S, j + 2, k + 8, c2)
+    vaddto8(S, j + 3, k, a3)
+    vaddto8(S, j + 3, k + 8, c3)
+    vaddto8(S, j + 4, k, a4)
+    vaddto8(S, j + 4, k + 8, c4)
+    vaddto8(S, j + 5, k, a5)
+    vaddto8(S, j + 5, k + 8, c5)
+
+
+@kernel(inline=True)
+def _tile32_narrow(A, B, j, k, m, S):
+    """``S[j:j+6, k:k+8] += A[:m, j:j+6]ᵀ · B[:m, k:k+8]``: the last tile of
+    a row of tiles when at most 8 columns are left (half the work of
+    ``_tile32``, which would compute 8 columns past the end)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = vzeros8(B)
+    for i in range(m):
+        xa = vload8(B, i, k)
+        a0 = vmuladd8(a0, vbroadcast8(A, i, j), xa)
+        a1 = vmuladd8(a1, vbroadcast8(A, i, j + 1), xa)
+        a2 = vmuladd8(a2, vbroadcast8(A, i, j + 2), xa)
+        a3 = vmuladd8(a3, vbroadcast8(A, i, j + 3), xa)
+        a4 = vmuladd8(a4, vbroadcast8(A, i, j + 4), xa)
+        a5 = vmuladd8(a5, vbroadcast8(A, i, j + 5), xa)
+    vaddto8(S, j, k, a0)
+    vaddto8(S, j + 1, k, a1)
+    vaddto8(S, j + 2, k, a2)
+    vaddto8(S, j + 3, k, a3)
+    vaddto8(S, j + 4, k, a4)
+    vaddto8(S, j + 5, k, a5)
+
+
+@kernel
+def _local_reference(X, T, lo, hi, xr, tr):
+    """``xr``, ``tr``: the mean of rows lo..hi of X and T (in float64),
+    rounded to float32."""
+    m = hi - lo
+    for d in range(X.shape[1]):
+        acc = 0.0
+        for i in range(lo, hi):
+            acc += np.float64(X[i, d])
+        xr[d] = np.float32(acc / m)
+    for o in range(T.shape[1]):
+        acc = 0.0
+        for i in range(lo, hi):
+            acc += np.float64(T[i, o])
+        tr[o] = np.float32(acc / m)
+
+
+@kernel
+def _shift_partial(S, n_in, n_out, delta):
+    """The upper triangle of ``S = Σ w·zzᵀ`` (z = [x', 1, t']) about another
+    reference: z gains ``delta`` (0 at the ones column), so ``S`` gains
+    ``δ·sᵀ + s·δᵀ + sw·δδᵀ`` with ``s`` the ones column and ``sw = Σw``."""
+    p = n_in + 1 + n_out
+    one = n_in
+    s = np.empty(p)
+    for a in range(p):
+        s[a] = S[a, one] if a <= one else S[one, a]
+    sw = s[one]
+    for a in range(p):
+        da = delta[a]
+        for b in range(a, p):
+            S[a, b] += da * s[b] + s[a] * delta[b] + sw * da * delta[b]
+
+
+@kernel
+def _chunk_sums32(X, T, w, use_w, x_ref, t_ref, lo, hi, Z, Zw, S):
+    """``S = Σ w·ZᵀZ`` over rows lo..hi for float32 X, T (upper tiles only),
+    about (x_ref, t_ref).
+
+    The float32 products are formed about the chunk's own reference (the
+    mean of its first run, rounded to float32: products of values near the
+    chunk's centre carry the smallest rounding errors), and the float64 sums
+    are then moved to (x_ref, t_ref) exactly as ``_solve.shift_sums`` does.
+    In float64 throughout (``_chunk_sums``) when a value is out of float32's
+    safe range.
+    """
+    n_in = X.shape[1]
+    n_out = T.shape[1]
+    p = n_in + 1 + n_out
+    t_start = n_in + 1
+    S[:, :] = 0.0
+    A = Zw if use_w else Z
+    run = Z.shape[0]
+    xr = np.empty(n_in, dtype=np.float32)
+    tr = np.empty(n_out, dtype=np.float32)
+    _local_reference(X, T, lo, min(lo + run, hi), xr, tr)
+    for start in range(lo, hi, run):
+        stop = min(start + run, hi)
+        if _fill32(X, T, w, use_w, xr, tr, start, stop, Z, Zw):
+            _chunk_sums64(X, T, w, use_w, x_ref, t_ref, lo, hi, S)
+            return
+        m = stop - start
+        for j in range(0, p, TILE_ROWS):
+            # tiles from the diagonal on (the entries below it that the first
+            # one covers are ignored); rows of t' need their diagonal only
+            last = p if j < t_start else j + 1
+            for k in range(j, last, TILE_COLS):
+                if last - k <= TILE_COLS // 2:
+                    _tile32_narrow(A, Z, j, k, m, S)
+                else:
+                    _tile32(A, Z, j, k, m, S)
+    delta = np.zeros(p)
+    for d in range(n_in):
+        delta[d] = np.float64(xr[d]) - x_ref[d]
+    for o in range(n_out):
+        delta[n_in + 1 + o] = np.float64(tr[o]) - t_ref[o]
+    _shift_partial(S, n_in, n_out, delta)
+
+
+@kernel
+def _chunk_sums64(X, T, w, use_w, x_ref, t_ref, lo, hi, S):
+    """The float64 path for one chunk of float32 data, into the float32
+    path's (larger) ``S``: scratch of its own, then copied (upper part)."""
+    p_pad = -(-(X.shape[1] + 1 + T.shape[1]) // TILE) * TILE
+    block = BLOCK_ROWS
+    Zt = np.zeros((p_pad, block))
+    Zw = np.zeros((p_pad, block) if use_w else (0, 0))
+    S64 = np.empty((p_pad, p_pad))
+    _chunk_sums(X, T, w, use_w, x_ref, t_ref, lo, hi, Zt, Zw, S64)
+    p = min(p_pad, S.shape[0], S.shape[1])
+    S[:, :] = 0.0
+    for a in range(p):
+        for b in range(a, p):
+            S[a, b] = S64[a, b]
+
+
+def _gram32(X, T, w, use_w, x_ref, t_ref, chunk_rows, Z, Zw, partial, S):
+    """As ``_gram`` for float32 X, T: chunk c writes ``partial[c]`` (C, PR, PC)
+    by ``_chunk_sums32``; Z, Zw (C, RUN, width) float32 scratch, zero-filled;
+    S (P, P) gets the partials' upper triangle added in chunk order, mirrored."""
+    n_rows = X.shape[0]
+    n_chunks = partial.shape[0]
+    p = S.shape[0]
+    for c in prange(n_chunks):
+        lo = c * chunk_rows
+        hi = min(lo + chunk_rows, n_rows)
+        _chunk_sums32(X, T, w, use_w, x_ref, t_ref, lo, hi, Z[c], Zw[c], partial[c])
+    for a in range(p):
+        for b in range(p):
+            S[a, b] = 0.0
+    for c in range(n_chunks):
+        for a in range(p):
+            for b in range(a, p):
+                S[a, b] += partial[c, a, b]
+    for a in range(p):
+        for b in range(a + 1, p):
+            S[b, a] = S[a, b]
+
+
+gram32, gram32_parallel = kernel_pair(_gram32)

@@ -716,20 +716,29 @@ def _gemm_fit_steps(X, T, W, b, has_bias, state, hyper, reduce_sum, plan, losses
 # --------------------------------------------------------------------------
 # the exact solve: Gram sums in one read of X (kernels: cpu_gram.py)
 # --------------------------------------------------------------------------
-def plan_gram_chunks(n_rows, n_in, n_out):
-    """``(chunk_rows, n_chunks)`` for :func:`gram_sums`, from the shape alone.
+def plan_gram_chunks(n_rows, n_in, n_out, dtype=np.float64):
+    """``(chunk_rows, n_chunks)`` for :func:`gram_sums`, from the shape (and
+    the data's dtype) alone.
 
-    A chunk is a whole number of ``cpu_gram.BLOCK_ROWS`` row blocks (but at
-    least ~32k multiply-adds), at most ``MAX_CHUNKS`` chunks, and the
-    per-chunk partial sums (P_pad² float64 each) within ``SCRATCH_BYTES``.
+    A chunk is a whole number of row blocks (``cpu_gram.BLOCK_ROWS`` for
+    float64 data, ``cpu_gram.RUN_ROWS`` for float32), but at least ~32k
+    multiply-adds; at most ``MAX_CHUNKS`` chunks; and the per-chunk partial
+    sums and scratch within ``SCRATCH_BYTES``.
     """
     from . import cpu_gram
 
-    p_pad = cpu_gram.padded_width(n_in, n_out)
-    block = cpu_gram.BLOCK_ROWS
-    per_row = max(1, p_pad * p_pad // 2)
+    if np.dtype(dtype) == np.float32:
+        rows_pad, cols_pad = cpu_gram.padded_shape32(n_in, n_out)
+        block = cpu_gram.RUN_ROWS
+        per_chunk = 8 * rows_pad * cols_pad + 2 * 4 * block * cols_pad
+        per_row = max(1, rows_pad * cols_pad // 2)
+    else:
+        p_pad = cpu_gram.padded_width(n_in, n_out)
+        block = cpu_gram.BLOCK_ROWS
+        per_chunk = 8 * p_pad * (p_pad + 2 * block)
+        per_row = max(1, p_pad * p_pad // 2)
     rows = max(_cdiv(n_rows, MAX_CHUNKS), _cdiv(MIN_CHUNK_WORK, per_row))
-    by_memory = max(1, SCRATCH_BYTES // (8 * p_pad * (p_pad + 2 * block)))
+    by_memory = max(1, SCRATCH_BYTES // per_chunk)
     rows = max(rows, _cdiv(n_rows, by_memory))
     rows = _cdiv(rows, block) * block
     rows = max(1, min(rows, n_rows))
@@ -762,18 +771,31 @@ def gram_sums(X, T, sample_weight=None, x_ref=None, t_ref=None):
     n_out = T.shape[1]
     x_ref = np.array(X[0] if x_ref is None else x_ref, dtype=np.float64)
     t_ref = np.array(T[0] if t_ref is None else t_ref, dtype=np.float64)
+    single = X.dtype == np.float32 and T.dtype == np.float32
     use_w = sample_weight is not None
     w = np.ascontiguousarray(sample_weight, dtype=np.float64) if use_w else np.empty(0, dtype=np.float64)
-    p_pad = cpu_gram.padded_width(n_in, n_out)
-    chunk_rows, n_chunks = plan_gram_chunks(n_rows, n_in, n_out)
-    block = min(cpu_gram.BLOCK_ROWS, chunk_rows)
-    # zeros: the padding rows of the scratch are never written and must read 0
-    Zt = np.zeros((n_chunks, p_pad, block), dtype=np.float64)
-    Zw = np.zeros((n_chunks, p_pad, block) if use_w else (n_chunks, 0, 0), dtype=np.float64)
-    partial = np.empty((n_chunks, p_pad, p_pad), dtype=np.float64)
-    S = np.empty((p_pad, p_pad), dtype=np.float64)
-    kernel = cpu_gram.gram_parallel if n_chunks > 1 else cpu_gram.gram
-    kernel(X, T, w, use_w, x_ref, t_ref, chunk_rows, Zt, Zw, partial, S)
+    chunk_rows, n_chunks = plan_gram_chunks(n_rows, n_in, n_out, np.float32 if single else np.float64)
+    if single:
+        rows_pad, cols_pad = cpu_gram.padded_shape32(n_in, n_out)
+        run = min(cpu_gram.RUN_ROWS, chunk_rows)
+        # zeros: the padding columns of the scratch are never written and must read 0
+        Z = np.zeros((n_chunks, run, cols_pad), dtype=np.float32)
+        Zw = np.zeros((n_chunks, run, cols_pad) if use_w else (n_chunks, 0, 0), dtype=np.float32)
+        partial = np.empty((n_chunks, rows_pad, cols_pad), dtype=np.float64)
+        p = n_in + 1 + n_out
+        S = np.empty((p, p), dtype=np.float64)
+        kernel = cpu_gram.gram32_parallel if n_chunks > 1 else cpu_gram.gram32
+        kernel(X, T, w, use_w, x_ref, t_ref, chunk_rows, Z, Zw, partial, S)
+    else:
+        p_pad = cpu_gram.padded_width(n_in, n_out)
+        block = min(cpu_gram.BLOCK_ROWS, chunk_rows)
+        # zeros: the padding rows of the scratch are never written and must read 0
+        Zt = np.zeros((n_chunks, p_pad, block), dtype=np.float64)
+        Zw = np.zeros((n_chunks, p_pad, block) if use_w else (n_chunks, 0, 0), dtype=np.float64)
+        partial = np.empty((n_chunks, p_pad, p_pad), dtype=np.float64)
+        S = np.empty((p_pad, p_pad), dtype=np.float64)
+        kernel = cpu_gram.gram_parallel if n_chunks > 1 else cpu_gram.gram
+        kernel(X, T, w, use_w, x_ref, t_ref, chunk_rows, Zt, Zw, partial, S)
     d1 = n_in + 1
     return cpu_gram.GramSums(
         xx=S[:n_in, :n_in].copy(),
