@@ -1109,20 +1109,23 @@ def apply_update(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hype
 # fused step and fit
 # --------------------------------------------------------------------------
 @kernel(inline=True)
+def _loss_and_scale(sse_, n, n_out, reduce_sum):
+    """A batch's loss from its sum of squares, and the factor that turns its
+    gradient sums into the gradient of that loss: the sum when
+    ``reduce_sum``, else the mean over ``n·O`` elements."""
+    if reduce_sum:
+        return sse_, 2.0
+    return sse_ / (n * n_out), 2.0 / (n * n_out)
+
+
+@kernel(inline=True)
 def _finish_step(gW, gb, sse_, n, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, reduce_sum, limit):
     """Turn a batch's sums into its loss and, if all is finite, the update.
 
-    Returns ``(loss, status)``: the loss is measured before the update, the
-    sum of squares when ``reduce_sum``, else their mean over ``n·O``
-    elements.  On a non-OK status nothing is written.
+    Returns ``(loss, status)``: the loss is measured before the update
+    (:func:`_loss_and_scale`).  On a non-OK status nothing is written.
     """
-    n_out = W.shape[0]
-    if reduce_sum:
-        loss = sse_
-        scale = 2.0
-    else:
-        loss = sse_ / (n * n_out)
-        scale = 2.0 / (n * n_out)
+    loss, scale = _loss_and_scale(sse_, n, W.shape[0], reduce_sum)
     if not np.isfinite(sse_):
         return loss, NONFINITE_LOSS
     return loss, _update(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, limit)
@@ -1359,12 +1362,7 @@ def _small_step(
 ):
     """One step on a small batch: ``(loss before the update, status)``."""
     sse_ = _small_sums(X, T, W, b, rows, use_rows, pos, n, gW, gb)
-    if reduce_sum:
-        loss = sse_
-        scale = 2.0
-    else:
-        loss = sse_ / (n * W.shape[0])
-        scale = 2.0 / (n * W.shape[0])
+    loss, scale = _loss_and_scale(sse_, n, W.shape[0], reduce_sum)
     if not np.isfinite(sse_):
         return loss, NONFINITE_LOSS
     return loss, _update_body(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hp, k, limit)
