@@ -198,3 +198,49 @@ def kernel_pair(fn):
     bit-identical however many threads run.
     """
     return kernel(fn), kernel(fn, parallel=True)
+
+
+# --------------------------------------------------------------------------
+# calling a kernel without the dispatcher
+# --------------------------------------------------------------------------
+# numba's dispatcher types every argument of every call to find the compiled
+# code: about 0.1 µs an array and 0.55 µs the record of hyper-parameters, so
+# 1.1-1.4 µs of a 15-argument step that computes for 1 µs (bench/RESULTS.md).
+# The hot calls (the fused step and the fit loop) look the compiled entry
+# point up in a table instead, under a key that their caller builds from the
+# few argument types that can vary (see cpu_ops).  Tests set
+# CHECK_ENTRY_TYPES (tests/conftest.py does, for the whole suite): every
+# call then types its arguments as numba would and fails if the key would
+# have picked code compiled for other types (FASTLIN_CHECK_ENTRY_TYPES=1
+# sets it at import, for subprocesses too).
+CHECK_ENTRY_TYPES = os.environ.get("FASTLIN_CHECK_ENTRY_TYPES", "").strip() == "1"
+
+
+def find_entry(table, key, dispatcher, args, read_only=2):
+    """``table[key]``, the entry point that runs ``dispatcher(*args)``:
+    found on the key's first use, compiled (or loaded from the cache, or
+    found among those compiled) for exactly the types the dispatcher gives
+    ``args``, except that the first ``read_only`` arguments -- the user's
+    data, X and T -- are typed as read-only arrays.
+
+    A kernel never writes its data, and a read-only type costs nothing in the
+    machine code; so writeable and read-only data (a memmap, an
+    ``np.broadcast_to`` view, scikit-learn's read-only checks) share one
+    compiled copy instead of compiling every kernel again.
+
+    Callers look ``table[key]`` up themselves and come here on a miss (or
+    always, under CHECK_ENTRY_TYPES); they guarantee that ``key``
+    determines the numba types of ``args``, and CHECK_ENTRY_TYPES tests it.
+    """
+    sig = [dispatcher.typeof_pyval(a) for a in args]
+    for i in range(read_only):
+        sig[i] = sig[i].copy(readonly=True)
+    sig = tuple(sig)
+    entry = table.get(key)
+    if entry is not None:  # (CHECK_ENTRY_TYPES) the key's code must be compiled for these types
+        known = [s for s, cres in dispatcher.overloads.items() if cres.entry_point is entry]
+        if known != [sig]:
+            raise AssertionError(f"key {key!r} of {dispatcher.py_func.__name__} was used for two signatures")
+        return entry
+    entry = table[key] = dispatcher.compile(sig)
+    return entry

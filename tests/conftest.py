@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from fastlin.backends import cpu_ops
+# Before fastlin is imported (and inherited by the tests' subprocesses): every
+# kernel call that skips numba's dispatcher checks that its table key picked
+# code compiled for its arguments' types (fastlin._jit.find_entry).
+os.environ["FASTLIN_CHECK_ENTRY_TYPES"] = "1"
+
+import pytest  # noqa: E402
+
+from fastlin.backends import cpu_ops  # noqa: E402
 
 
 @pytest.fixture(params=["default", "many-chunks", "gemm"])

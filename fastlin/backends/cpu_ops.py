@@ -35,6 +35,7 @@ import threading
 
 import numpy as np
 
+from .. import _jit
 from .._validate import as_host_array
 from . import cpu
 from .abi import OK
@@ -85,9 +86,11 @@ def uses_gemm(n_out, n_in):
 
 
 def _scratch(ws, n_rows, W):
-    """``(chunk_rows, n_chunks, work, acc)`` for a reduction over ``n_rows``
-    rows: the plan and the kernels' scratch -- the flat float64 ``work`` and
-    the per-chunk accumulators ``acc`` (n_chunks, O, D) in the data's dtype.
+    """``(chunk_rows, n_chunks, work, acc, step_kernel, entries)`` for a
+    reduction over ``n_rows`` rows: the plan and the kernels' scratch -- the
+    flat float64 ``work`` and the per-chunk accumulators ``acc`` (n_chunks,
+    O, D) in the data's dtype -- and, for :func:`fused_step`, its kernel and
+    entry-point table (see "Entry-point keys" below).
 
     Cached in ``ws`` per row count (the last few), so a repeated step on one
     shape neither plans nor allocates again.
@@ -99,7 +102,8 @@ def _scratch(ws, n_rows, W):
         chunk_rows, n_chunks = plan_chunks(n_rows, n_out, n_in)
         work = np.empty(cpu.scratch_layout(n_out, n_in, n_chunks).size, dtype=np.float64)
         acc = np.empty((n_chunks, n_out, n_in), dtype=W.dtype)
-        got = ws[key] = (chunk_rows, n_chunks, work, acc)
+        # The last two: the fused step's kernel for this shape and its entry points.
+        got = ws[key] = (chunk_rows, n_chunks, work, acc, _step_kernel(n_rows, n_out, n_in, n_chunks), {})
         stale = [k for k in ws if isinstance(k, tuple) and k[0] == "scratch"][:-SCRATCH_CACHE]
         for k in stale:
             del ws[k]
@@ -481,6 +485,42 @@ def _update_kind(hyper):
     return kind
 
 
+# Entry-point keys.  A fused step or fit looks its compiled code up
+# (fastlin._jit.find_entry) in a table kept with the shape's plan, which
+# fixes the kernel, the dtype and the scratch, under ``id(kind)``, the update
+# kind (one of cpu's three constants).  That decides the numba types of every
+# argument: the rest is made by fastlin the same way every time (the model's
+# parameters and optimiser state, C-contiguous and writeable, in the model's
+# dtype or float64; the plan's scratch; Python bools, ints and floats), and X
+# and T arrive 2-D and C-contiguous in the model's dtype (the contract above;
+# :func:`as_input`), typed read-only whether or not they are (numba's array
+# types ignore alignment).  The suite checks every call against numba's own
+# typing (CHECK_ENTRY_TYPES).  Written out at the call sites: each function
+# call or argument tuple on this path costs about 0.1 µs.
+
+
+# Entry points of the other kernel calls (forward, losses, gradients), by
+# (kernel, dtype): see _direct.
+_ENTRIES: dict = {}
+
+
+def _direct(kernel, *args):
+    """``kernel(*args)`` through an entry point (fastlin._jit.find_entry).
+
+    The first two arguments are the user's data (or X and the weight), typed
+    read-only so that read-only data share the compiled code, and arrive
+    C-contiguous (the contract above); every other argument is made here,
+    in the first one's dtype or float64 (see "Entry-point keys").  For calls
+    outside the training loop: the point is one compiled copy for
+    writeable and read-only data.
+    """
+    key = (kernel, args[0].dtype)
+    entry = _ENTRIES.get(key)
+    if entry is None or _jit.CHECK_ENTRY_TYPES:
+        entry = _jit.find_entry(_ENTRIES, key, kernel, args)
+    return entry(*args)
+
+
 def _gemm_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws, rows=None, start=0, n=None):
     n = X.shape[0] - start if n is None else n
     sse, gW, gb = _gemm_sums(W, b, X, T, ws, rows, start, n)
@@ -513,7 +553,7 @@ def forward(X, W, b, has_bias):
         return _gemm_forward(W, b, X)
     Y = np.empty((n_rows, n_out), dtype=W.dtype)
     kernel = cpu.forward_parallel if n_rows * n_in * n_out > PARALLEL_FORWARD_WORK else cpu.forward
-    kernel(X, W, b, Y)
+    _direct(kernel, X, W, b, Y)
     return Y
 
 
@@ -522,7 +562,7 @@ def sse(P, T):
     chunk_rows, n_chunks = plan_chunks(P.shape[0], P.shape[1], 1)
     partial = np.empty(n_chunks, dtype=np.float64)
     kernel = cpu.sse_parallel if n_chunks > 1 else cpu.sse
-    return float(kernel(P, T, chunk_rows, partial))
+    return float(_direct(kernel, P, T, chunk_rows, partial))
 
 
 def model_sse(X, T, W, b, has_bias, ws):
@@ -532,7 +572,7 @@ def model_sse(X, T, W, b, has_bias, ws):
     chunk_rows, n_chunks = plan_chunks(X.shape[0], W.shape[0], W.shape[1])
     partial = np.empty(n_chunks, dtype=np.float64)
     kernel = cpu.model_sse_parallel if n_chunks > 1 else cpu.model_sse
-    return float(kernel(X, T, W, b, chunk_rows, partial))
+    return float(_direct(kernel, X, T, W, b, chunk_rows, partial))
 
 
 def mse_grad(X, T, W, b, has_bias, scale, ws, dtype=None):
@@ -545,11 +585,11 @@ def mse_grad(X, T, W, b, has_bias, scale, ws, dtype=None):
     if uses_gemm(n_out, n_in):
         loss, dW, db = _gemm_sums(W, b, X, T, ws)
     else:
-        chunk_rows, n_chunks, work, acc = _scratch(ws, X.shape[0], W)
+        chunk_rows, n_chunks, work, acc, _, _ = _scratch(ws, X.shape[0], W)
         dW = np.empty((n_out, n_in), dtype=np.float64)
         db = np.empty(n_out, dtype=np.float64)
         kernel = cpu.mse_grad_parallel if n_chunks > 1 else cpu.mse_grad
-        loss = kernel(X, T, W, b, chunk_rows, work, acc, dW, db)
+        loss = _direct(kernel, X, T, W, b, chunk_rows, work, acc, dW, db)
     dtype = W.dtype if dtype is None else dtype
     return float(loss), (scale * dW).astype(dtype, copy=False), (scale * db).astype(dtype, copy=False)
 
@@ -557,12 +597,12 @@ def mse_grad(X, T, W, b, has_bias, scale, ws, dtype=None):
 def backward(X, dY, W, ws):
     """Returns ``(dX, dW, db)`` in the parameters' dtype (float64 sums inside)."""
     n_out, n_in = W.shape
-    chunk_rows, n_chunks, work, _ = _scratch(ws, X.shape[0], W)
+    chunk_rows, n_chunks, work, _, _, _ = _scratch(ws, X.shape[0], W)
     dX = np.empty(X.shape, dtype=W.dtype)
     dW = np.empty((n_out, n_in), dtype=np.float64)
     db = np.empty(n_out, dtype=np.float64)
     kernel = cpu.backward_parallel if n_chunks > 1 else cpu.backward
-    kernel(X, dY, W, chunk_rows, work, dX, dW, db)
+    _direct(kernel, X, dY, W, chunk_rows, work, dX, dW, db)
     return dX, dW.astype(W.dtype), db.astype(W.dtype)
 
 
@@ -592,23 +632,16 @@ def fused_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws):
     n_out, n_in = W.shape
     if uses_gemm(n_out, n_in):
         return _gemm_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws)
-    chunk_rows, n_chunks, work, acc = _scratch(ws, X.shape[0], W)
-    loss, status = _step_kernel(X.shape[0], n_out, n_in, n_chunks)(
-        X,
-        T,
-        W,
-        b,
-        has_bias,
-        state.slots_w,
-        state.slots_b,
-        state.counters,
-        hyper,
-        _update_kind(hyper),
-        reduce_sum,
-        _LIMITS[W.dtype],
-        chunk_rows,
-        work,
-        acc,
+    chunk_rows, _, work, acc, kernel, entries = _scratch(ws, X.shape[0], W)
+    kind = _update_kind(hyper)
+    limit = _LIMITS[W.dtype]
+    slots_w, slots_b, counters = state.slots_w, state.slots_b, state.counters
+    entry = entries.get(id(kind))  # (see "Entry-point keys")
+    if entry is None or _jit.CHECK_ENTRY_TYPES:
+        args = (X, T, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, reduce_sum, limit, chunk_rows, work, acc)
+        entry = _jit.find_entry(entries, id(kind), kernel, args)
+    loss, status = entry(
+        X, T, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, reduce_sum, limit, chunk_rows, work, acc
     )
     return float(loss), int(status)
 
@@ -661,6 +694,7 @@ class FitPlan:
         self.work = np.empty(cpu.scratch_layout(n_out, n_in, n_chunks).size, dtype=np.float64)
         self.acc = np.empty((n_chunks, n_out, n_in), dtype=dtype)
         self.kernel = _fit_kernel(self.batch_size, n_out, n_in, n_chunks)
+        self.entries = {}  # the kernel's entry points (see "Entry-point keys")
 
 
 def fit_plan(n_rows, n_out, n_in, batch_size, shuffle, seed, dtype):
@@ -671,28 +705,20 @@ def fit_steps(X, T, W, b, has_bias, state, hyper, reduce_sum, plan, losses):
     """Run ``len(losses)`` steps, writing each loss.  Returns ``(steps done, status)``."""
     if plan.gemm:
         return _gemm_fit_steps(X, T, W, b, has_bias, state, hyper, reduce_sum, plan, losses)
-    done, status = plan.kernel(
-        X,
-        T,
-        W,
-        b,
-        has_bias,
-        state.slots_w,
-        state.slots_b,
-        state.counters,
-        hyper,
-        _update_kind(hyper),
-        reduce_sum,
-        _LIMITS[W.dtype],
-        plan.batch_size,
-        plan.shuffle,
-        plan.seed,
-        plan.chunk_rows,
-        plan.perm,
-        plan.work,
-        plan.acc,
-        losses,
-    )
+    kind = _update_kind(hyper)
+    limit = _LIMITS[W.dtype]
+    slots_w, slots_b, counters = state.slots_w, state.slots_b, state.counters
+    entry = plan.entries.get(id(kind))  # (see "Entry-point keys")
+    if entry is None or _jit.CHECK_ENTRY_TYPES:
+        args = (
+            X, T, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, reduce_sum, limit,
+            plan.batch_size, plan.shuffle, plan.seed, plan.chunk_rows, plan.perm, plan.work, plan.acc, losses,
+        )  # fmt: skip
+        entry = _jit.find_entry(plan.entries, id(kind), plan.kernel, args)
+    done, status = entry(
+        X, T, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, reduce_sum, limit,
+        plan.batch_size, plan.shuffle, plan.seed, plan.chunk_rows, plan.perm, plan.work, plan.acc, losses,
+    )  # fmt: skip
     return int(done), int(status)
 
 
