@@ -42,7 +42,20 @@ class Gradients(NamedTuple):
 
 # What _install sets: rebuilt on unpickling, never pickled.
 _INSTALLED = frozenset(
-    ("_ops", "device", "out_features", "in_features", "dtype", "_W", "_b", "_bvec", "_scratch", "_step_ws", "_lock")
+    (
+        "_ops",
+        "device",
+        "_plain_numpy",
+        "out_features",
+        "in_features",
+        "dtype",
+        "_W",
+        "_b",
+        "_bvec",
+        "_scratch",
+        "_step_ws",
+        "_lock",
+    )
 )
 PICKLE_FORMAT = 1
 
@@ -151,6 +164,7 @@ class Linear:
         ops = _dispatch.backend(device)
         self._ops = ops
         self.device = device
+        self._plain_numpy = device == "cpu"  # numpy arrays are the kernels' own inputs (see _data)
         self.out_features, self.in_features = W.shape
         self.dtype = W.dtype
         self._W = ops.from_host(W)
@@ -298,6 +312,33 @@ class Linear:
         shape = _validate.target_shape(T.shape, n_rows, single, self.out_features, name)
         return T.reshape(shape)
 
+    def _data(self, X, T):
+        """``(X, T, n_rows)``: data and targets as the kernels take them.
+
+        The common case on the CPU -- 2-D C-contiguous numpy arrays of the
+        model's dtype and shapes -- is recognised in a few attribute reads
+        (about 0.4 µs, against 1.7 µs for the general path, on a seed step
+        of 6 µs); anything else goes through :meth:`_inputs` and
+        :meth:`_targets`, which cast, reshape and explain what is wrong.
+        """
+        dtype = self.dtype
+        if (
+            self._plain_numpy
+            and type(X) is np.ndarray
+            and type(T) is np.ndarray
+            and X.dtype is dtype
+            and T.dtype is dtype
+            and X.ndim == 2
+            and T.ndim == 2
+            and X.flags.c_contiguous
+            and T.flags.c_contiguous
+        ):
+            n_rows, n_in = X.shape
+            if n_rows and n_in == self.in_features and T.shape == (n_rows, self.out_features):
+                return X, T, n_rows
+        X, n_rows, single = self._inputs(X)
+        return X, self._targets(T, n_rows, single), n_rows
+
     def _check_data(self, X, T, names=("X", "T")):
         """Raise ValueError if X or T holds NaN/Inf (only called after a
         kernel reported a non-finite result, so the happy path pays nothing)."""
@@ -348,8 +389,7 @@ class Linear:
         float
         """
         reduction_sum = _validate.check_reduction(reduction)
-        X, n_rows, single = self._inputs(X)
-        T = self._targets(T, n_rows, single)
+        X, T, n_rows = self._data(X, T)
         sse = self._ops.model_sse(X, T, self._W, self._bvec, self.has_bias, self._scratch.ws)
         if check_finite and not math.isfinite(sse):
             self._check_data(X, T)
@@ -448,8 +488,7 @@ class Linear:
         if not isinstance(opt, Optimizer):
             raise TypeError(f"opt must be a fastlin.SGD, fastlin.Adam or fastlin.AdamW, got {type(opt).__name__}")
         reduce_sum = _validate.check_reduction(reduction)
-        X, n_rows, single = self._inputs(X)
-        T = self._targets(T, n_rows, single)
+        X, T, n_rows = self._data(X, T)
         # Steps and fits of one model run one at a time.  (acquire/release
         # rather than ``with``: half the cost on Python 3.11, on a 6 µs step.)
         self._lock.acquire()
@@ -536,8 +575,7 @@ class Linear:
             finite step are kept and ``err.history`` holds the steps done.
         """
         reduction_sum = _validate.check_reduction(reduction)
-        X, n_rows, single = self._inputs(X)
-        T = self._targets(T, n_rows, single)
+        X, T, n_rows = self._data(X, T)
         steps, epochs, shuffle, seed, callback = training.check_loop_args(steps, epochs, shuffle, seed, callback)
         if epoch_callback is not None and not callable(epoch_callback):
             raise TypeError(f"epoch_callback must be callable, got {type(epoch_callback).__name__}")
