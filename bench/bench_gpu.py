@@ -20,6 +20,12 @@ Groups (``benchmark.group``), one row per library:
     the seed's size) against torch eager / graph loops that keep the losses
     on the device and copy them once.
 
+The wide case (the tiled plan) runs twice for fastlin: ``fastlin-cuda`` is
+the shipped default (its two products through cuBLAS when CuPy imports,
+``extra_info["cublas"]`` says which ran) and ``fastlin-cuda-tiles`` forces
+the numba-only register-blocked tiles (``cuda_config.USE_CUPY = False``), so
+one GPU run measures both.
+
 ``extra_info`` of every benchmark: case, shape, library, steps per call,
 bytes and flops per step (an ideal step reads X and T once), the HBM read
 bandwidth measured in this run over the case's own X (best of a plain read
@@ -69,7 +75,11 @@ CASES = {
 }
 if TINY:
     CASES = {name: (min(n, 37), min(d, 9), min(o, 3)) for name, (n, d, o) in CASES.items()}
+    CASES["wide"] = (37, 9, 33)  # more outputs than the rows plan takes: still the tiled plan
 FIT_CASES = ("seed", "small")
+# The cases that take the tiled plan, where cuBLAS (CuPy) and the numba tiles
+# are both measured.
+TILED_CASES = ("wide",)
 
 
 def _unavailable():
@@ -246,16 +256,36 @@ def _gemm_rate():
 # the libraries
 # --------------------------------------------------------------------------
 class FastlinRunner:
-    def __init__(self, p):
-        import fastlin
-        from fastlin.backends import cuda_ops
+    """fastlin; ``tiles=True`` keeps the tiled plan on the numba tiles
+    (``cuda_config.USE_CUPY = False`` around every call) even where CuPy
+    imports."""
 
-        self.p, self.ops = p, cuda_ops
+    def __init__(self, p, tiles=False):
+        import fastlin
+        from fastlin.backends import cuda_config, cuda_ops
+
+        self.p, self.ops, self.config = p, cuda_ops, cuda_config
+        self.use_cupy = False if tiles else cuda_config.USE_CUPY
         self.model = fastlin.Linear.from_weights(p.W0, p.b0, device="cuda")
         self.opt = fastlin.SGD(LR)
 
+    def _call(self, fn, *args, **kwargs):
+        saved, self.config.USE_CUPY = self.config.USE_CUPY, self.use_cupy
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.config.USE_CUPY = saved
+
     def step(self):
-        return self.model.step(self.p.X, self.p.T, self.opt)
+        return self._call(self.model.step, self.p.X, self.p.T, self.opt)
+
+    def uses_cublas(self):
+        """Whether the tiled plan goes through cuBLAS in this configuration."""
+        from fastlin.backends import cuda_cublas
+
+        if self.ops.path_for(self.p.o, self.p.d) != "tiled":
+            return False
+        return self._call(cuda_cublas.cupy_module) is not None
 
     def loop(self):
         """LOOP steps through the backend interface: queued launches, one wait."""
@@ -265,13 +295,23 @@ class FastlinRunner:
             self._losses = ops.empty((LOOP,), np.float64)
             self._state = self.opt.state_for(m, ops)
             self._hyper = self.opt.hyper()
-        done, status = ops.fit_steps(
-            self.p.X, self.p.T, m._W, m._bvec, m.has_bias, self._state, self._hyper, False, self._plan, self._losses
+        done, status = self._call(
+            ops.fit_steps,
+            self.p.X,
+            self.p.T,
+            m._W,
+            m._bvec,
+            m.has_bias,
+            self._state,
+            self._hyper,
+            False,
+            self._plan,
+            self._losses,
         )
         assert done == LOOP and status == 0, (done, status)
 
     def fit(self):
-        return self.model.fit(self.p.X, self.p.T, steps=FIT_STEPS, opt=self.opt).loss
+        return self._call(self.model.fit, self.p.X, self.p.T, steps=FIT_STEPS, opt=self.opt).loss
 
 
 class TorchRunner:
@@ -335,9 +375,12 @@ class TorchRunner:
         return losses.cpu().numpy()
 
 
+FASTLIN = ("fastlin-cuda", "fastlin-cuda-tiles")
+
+
 def _runner(library, p):
-    if library == "fastlin-cuda":
-        return FastlinRunner(p)
+    if library in FASTLIN:
+        return FastlinRunner(p, tiles=library == "fastlin-cuda-tiles")
     if _torch() is None:
         pytest.skip(f"{library}: torch with CUDA is not available")
     return TorchRunner(p, graph=library == "torch-cuda-graph")
@@ -348,8 +391,8 @@ LIBRARIES = ("fastlin-cuda", "torch-cuda", "torch-cuda-graph")
 
 def _first_loss(library, p):
     """The loss of the first step from (W0, b0): every library must agree."""
-    if library == "fastlin-cuda":
-        return FastlinRunner(p).step()
+    if library in FASTLIN:
+        return _runner(library, p).step()
     if _torch() is None:
         return None
     runner = TorchRunner(p, graph=library == "torch-cuda-graph")
@@ -368,7 +411,7 @@ def _time(benchmark, fn):
     benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
 
 
-def _record(benchmark, kind, case, library, p, steps_per_call, first_loss):
+def _record(benchmark, kind, case, library, p, steps_per_call, first_loss, runner=None):
     n, d, o = p.n, p.d, p.o
     nbytes, flops = step_bytes(n, d, o), step_flops(n, d, o)
     limit_s = nbytes / p.read_Bps
@@ -387,6 +430,8 @@ def _record(benchmark, kind, case, library, p, steps_per_call, first_loss):
         first_loss=first_loss,
         tiny=TINY,
     )
+    if isinstance(runner, FastlinRunner):
+        info["cublas"] = runner.uses_cublas()
     gemm = _gemm_rate()
     if gemm is not None:
         info["gemm_TFLOPs"] = gemm / 1e12
@@ -403,29 +448,37 @@ def _record(benchmark, kind, case, library, p, steps_per_call, first_loss):
 # the benchmarks
 # --------------------------------------------------------------------------
 def _params(cases, libraries):
-    return [pytest.param(c, lib, id=f"{c}-{lib}") for c in cases for lib in libraries]
+    """(case, library) pairs; the numba tiles' row only for the tiled cases."""
+    return [
+        pytest.param(c, lib, id=f"{c}-{lib}")
+        for c in cases
+        for lib in libraries
+        if lib != "fastlin-cuda-tiles" or c in TILED_CASES
+    ]
 
 
-@pytest.mark.parametrize(("case", "library"), _params(CASES, LIBRARIES))
+@pytest.mark.parametrize(("case", "library"), _params(CASES, (*LIBRARIES, "fastlin-cuda-tiles")))
 def test_gpu_step(benchmark, gpu_problems, case, library):
     p = gpu_problems.get(case)
     first = _first_loss(library, p)
-    if library == "fastlin-cuda" and _torch() is not None:
+    if library in FASTLIN and _torch() is not None:
         # Correctness guard: same data, same start, same first loss as torch.
         assert first == pytest.approx(_first_loss("torch-cuda", p), rel=1e-4)
     runner = _runner(library, p)
     benchmark.group = f"gpu-step:{case}"
     _time(benchmark, runner.step)
-    _record(benchmark, "step", case, library, p, 1, first)
+    _record(benchmark, "step", case, library, p, 1, first, runner)
 
 
-@pytest.mark.parametrize(("case", "library"), _params(CASES, ("fastlin-cuda", "torch-cuda-graph")))
+@pytest.mark.parametrize(
+    ("case", "library"), _params(CASES, ("fastlin-cuda", "fastlin-cuda-tiles", "torch-cuda-graph"))
+)
 def test_gpu_loop(benchmark, gpu_problems, case, library):
     p = gpu_problems.get(case)
     runner = _runner(library, p)
     benchmark.group = f"gpu-loop:{case}"
     _time(benchmark, runner.loop)
-    _record(benchmark, "loop", case, library, p, LOOP, None)
+    _record(benchmark, "loop", case, library, p, LOOP, None, runner)
 
 
 @pytest.mark.parametrize(("case", "library"), _params(FIT_CASES, LIBRARIES))
@@ -434,4 +487,4 @@ def test_gpu_fit(benchmark, gpu_problems, case, library):
     runner = _runner(library, p)
     benchmark.group = f"gpu-fit:{case}"
     _time(benchmark, runner.fit)
-    _record(benchmark, "fit", case, library, p, FIT_STEPS, None)
+    _record(benchmark, "fit", case, library, p, FIT_STEPS, None, runner)

@@ -15,10 +15,14 @@
 #   3. versions, nvidia-smi
 #   4. the GPU benchmarks (bench/bench_gpu.py: tall, tall16, huge_tall, wide,
 #      seed fit; fastlin against torch eager and a replayed CUDA graph, with
-#      the HBM read rate of the same run) -> $OUT/bench_gpu.json
+#      the HBM read rate of the same run) -> $OUT/bench_gpu.json; the wide
+#      case (the tiled plan) twice for fastlin: "fastlin-cuda" (cuBLAS through
+#      CuPy when it imports, as shipped) and "fastlin-cuda-tiles" (the numba
+#      register-blocked tiles, USE_CUPY off)
 #   5. `python -m fastlin compare` on the GPU (its crossover is what
 #      device="auto" should use) -> $OUT/compare.json
-#   6. compute-sanitizer racecheck and memcheck on a tiny fit
+#   6. compute-sanitizer racecheck and memcheck on a tiny fit (the tiled
+#      shape with the numba tiles and, where CuPy imports, through cuBLAS)
 #   7. the tests: tests/cuda on the GPU (16-thread blocks, conftest.py), then
 #      the model tests with the shipped 256-thread blocks
 #   8. the logs in ONE tarball, and a short table printed last
@@ -161,16 +165,22 @@ for dist in ("numpy", "numba", "numba-cuda", "torch", "cupy-cuda13x", "cupy-cuda
         pass
 import fastlin
 print("fastlin", fastlin.__version__, "cuda:", fastlin._dispatch.cuda_unavailable_reason() or "available")
+try:
+    from fastlin.backends import cuda_cublas
+    cp = cuda_cublas.cupy_module()
+    print("tiled plan products:", "cuBLAS via CuPy " + cp.__version__ if cp is not None else "numba tiles (no CuPy)")
+except Exception as exc:  # the line must not stop the check
+    print("tiled plan products: unknown,", type(exc).__name__, exc)
 EOF
 nvidia-smi >"$WORK/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed" >>"$WORK/nvidia-smi.txt"
 GPU_NAME=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -n 1)
 echo "== GPU: ${GPU_NAME:-none}"
 
 # 4. benchmarks first -------------------------------------------------------
-# (the dry run times the seed and tall cases only: each simulated call takes
-# a good part of a second)
+# (the dry run times the seed, tall and wide cases only: each simulated call
+# takes a good part of a second; its tiny wide case still takes the tiled plan)
 BSEL=()
-((DRY)) && BSEL=(-k "seed or tall")
+((DRY)) && BSEL=(-k "seed or tall or wide")
 run bench-gpu 300 "$PY" -m pytest bench/bench_gpu.py --benchmark-only -q -p no:cacheprovider "${BSEL[@]}" \
     -W "ignore::pytest_benchmark.logger.PytestBenchmarkWarning" \
     --benchmark-json="$OUT/bench_gpu.json"
@@ -189,14 +199,17 @@ fi
 cat >"$WORK/tiny_fit.py" <<'EOF'
 import numpy as np
 import fastlin
+from fastlin.backends import cuda_config
 rng = np.random.default_rng(0)
-for n, d, o in ((37, 8, 1), (29, 5, 3), (13, 6, 17)):  # rows (128-bit loads), rows, tiled
+# rows (128-bit loads), rows, tiled with the numba tiles, tiled as shipped (cuBLAS where CuPy imports)
+for n, d, o, cupy in ((37, 8, 1, None), (29, 5, 3, None), (13, 6, 17, False), (13, 6, 40, None)):
+    cuda_config.USE_CUPY = cupy
     X = rng.standard_normal((n, d)).astype(np.float32)
     T = rng.standard_normal((n, o)).astype(np.float32)
     m = fastlin.Linear(d, o, device="cuda", seed=0)
     m.step(X, T, fastlin.SGD(0.05, momentum=0.9))
     h = m.fit(X, T, steps=6, lr=0.05, batch_size=7, seed=3)
-    print(n, d, o, h.loss[-1])
+    print(n, d, o, "USE_CUPY", cupy, h.loss[-1])
 EOF
 if ((DRY)) || ! command -v compute-sanitizer >/dev/null; then
     ORDER+=(sanitizer)

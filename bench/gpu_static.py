@@ -1,8 +1,9 @@
 """What each CUDA kernel costs on an H100/H200, from the compiler alone (no GPU).
 
-    python bench/gpu_static.py [--json PATH] [--cc 9.0]
+    python bench/gpu_static.py [--json PATH] [--cc 9.0] [--dtype float32] [--kernels a,b]
 
-Compiles every kernel named in :mod:`fastlin.backends.cuda` for float32 at the
+Compiles every kernel named in :mod:`fastlin.backends.cuda` (and the kernels
+around cuBLAS of :mod:`fastlin.backends.cuda_cublas`) for float32 at the
 launch configuration fastlin ships (``FASTLIN_CUDA_TPB``/``FASTLIN_CUDA_TILE``
 as set, default 256 threads and 16×16 tiles) to PTX with numba-cuda, then to
 a cubin with ``ptxas -v -arch=sm_90`` and disassembles it with ``nvdisasm``
@@ -19,6 +20,11 @@ each kernel it reports:
 ``ldg``, ``ldg128``, ``f2f_f64_f32``, ``dfma``, ``ffma``, ``ldl_stl``
     SASS instruction counts (static: each instruction once, however often it
     runs); ``ldg128`` counts the 16-byte global loads (``LDG.E.128``);
+``loop_ffma``, ``loop_f2f``, ``loop_dfma``
+    the same counts inside the innermost loops only (a backward branch whose
+    body holds no other): what runs once per product in the tiled plan's
+    register-blocked kernels, where a conversion or an fp64 multiply-add
+    would cost per product;
 ``hot``
     the kernel streams X on fastlin's hot paths (the "rows" launch plan:
     tall, 2 ≤ O ≤ OMAX and the one-launch fit), where bandwidth decides.
@@ -125,6 +131,34 @@ def sass_counts(sass):
     }
 
 
+def inner_loop_counts(sass):
+    """FFMA / F2F.F64.F32 / DFMA counts inside the innermost loops of a SASS
+    listing: the ranges from a label to a branch back to it that contain no
+    other such branch."""
+    ops, labels = [], {}
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;", line)
+        if m:
+            ops.append(m.group(1))
+            continue
+        m = re.match(r"^(\.L_x_\d+):", line)
+        if m:
+            labels[m.group(1)] = len(ops)
+    loops = []
+    for i, op in enumerate(ops):
+        m = re.search(r"\bBRA\b.*`\((\.L_x_\d+)\)", op)
+        if m and labels.get(m.group(1), len(ops)) <= i:
+            loops.append((labels[m.group(1)], i))
+    inner = [(a, z) for a, z in loops if not any(a <= a2 and z2 <= z and (a2, z2) != (a, z) for a2, z2 in loops)]
+    out = {"loop_ffma": 0, "loop_f2f": 0, "loop_dfma": 0}
+    for a, z in inner:
+        for op in ops[a : z + 1]:
+            out["loop_ffma"] += bool(re.search(r"\bFFMA\b", op))
+            out["loop_f2f"] += bool(re.search(r"\bF2F\.F64\.F32\b", op))
+            out["loop_dfma"] += bool(re.search(r"\bDFMA\b", op))
+    return out
+
+
 def occupancy(registers, shared_bytes, threads):
     """Resident warps per SM over 64 on sm_90 (see the module docstring)."""
     warps = math.ceil(threads / 32)
@@ -144,15 +178,16 @@ def analyse(cc=(9, 0), dtype="float32", names=None):
     # capability, which needs a driver: pin that query to the target.
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
     from fastlin.backends import cuda as K
-    from fastlin.backends import cuda_config
+    from fastlin.backends import cuda_config, cuda_cublas
 
     bin_dir = toolkit_bin()
     arch = f"sm_{cc[0]}{cc[1]}"
-    sigs = K.launch_signatures(dtype)
+    sigs = {**K.launch_signatures(dtype), **cuda_cublas.launch_signatures(dtype)}
+    modules = {**{n: K for n in K.KERNELS}, **{n: cuda_cublas for n in cuda_cublas.KERNELS}}
     out = []
     with tempfile.TemporaryDirectory(prefix="fastlin-static-") as tmp:
-        for name in names or K.KERNELS:
-            kernel = getattr(K, name)
+        for name in names or modules:
+            kernel = getattr(modules[name], name)
             bounds = getattr(kernel, "targetoptions", {}).get("launch_bounds")
             ptx, _ = numba.cuda.compile_ptx(kernel.py_func, numba.types.void(*sigs[name]), cc=cc, launch_bounds=bounds)
             ptx_path = Path(tmp, f"{name}.ptx")
@@ -171,20 +206,24 @@ def analyse(cc=(9, 0), dtype="float32", names=None):
             row = {"name": name, "hot": name in HOT, "block_threads": threads}
             row.update(_ptxas_info(res.stdout + res.stderr))
             row.update(sass_counts(sass))
+            row.update(inner_loop_counts(sass))
             row["occupancy"] = round(occupancy(row["registers"], row["static_shared_bytes"], threads), 4)
             out.append(row)
     return out
 
 
 def print_table(rows, file=sys.stdout):
-    head = f"{'kernel':<15}{'hot':>4}{'thr':>5}{'regs':>5}{'spill':>7}{'shared':>8}{'occ':>6}{'LDG':>5}{'.128':>5}{'F2F':>5}{'DFMA':>5}{'FFMA':>5}"
+    head = (
+        f"{'kernel':<15}{'hot':>4}{'thr':>5}{'regs':>5}{'spill':>7}{'shared':>8}{'occ':>6}{'LDG':>5}{'.128':>5}"
+        f"{'F2F':>5}{'DFMA':>5}{'FFMA':>5}  inner loops: {'FFMA':>4}{'F2F':>4}{'DFMA':>5}"
+    )
     print(head, file=file)
     for r in rows:
         spill = f"{r['spill_stores']}/{r['spill_loads']}"
         print(
             f"{r['name']:<15}{'*' if r['hot'] else '':>4}{r['block_threads']:>5}{r['registers']:>5}{spill:>7}"
             f"{r['static_shared_bytes']:>8}{100 * r['occupancy']:>5.0f}%{r['ldg']:>5}{r['ldg128']:>5}"
-            f"{r['f2f_f64_f32']:>5}{r['dfma']:>5}{r['ffma']:>5}",
+            f"{r['f2f_f64_f32']:>5}{r['dfma']:>5}{r['ffma']:>5}{'':>15}{r['loop_ffma']:>4}{r['loop_f2f']:>4}{r['loop_dfma']:>5}",
             file=file,
         )
 
@@ -194,6 +233,7 @@ def main(argv=None):
     parser.add_argument("--json", help="write the report here")
     parser.add_argument("--cc", default="9.0", help="compute capability (default 9.0)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--kernels", help="comma-separated kernel names (default: all)")
     args = parser.parse_args(argv)
     reason = missing_reason()
     if reason:
@@ -201,7 +241,7 @@ def main(argv=None):
         return 3
     cc = tuple(int(p) for p in args.cc.split("."))
     start = time.perf_counter()
-    rows = analyse(cc, args.dtype)
+    rows = analyse(cc, args.dtype, args.kernels.split(",") if args.kernels else None)
     from fastlin.backends import cuda_config
 
     tpb, tile = cuda_config.TPB, cuda_config.TS

@@ -78,6 +78,19 @@ ROWS_BOUNDS = {} if _cuda_config.ENABLE_CUDASIM else {"launch_bounds": (TPB, 4)}
 # _finish_step: at most this many threads add one element's partials.
 TEAM_MAX = min(32, TPB)
 TILE_SIZE = TS * (TS + 1)  # one padded TS×TS tile; the pad avoids bank conflicts
+# The tiled plan's two products (residual, grad_partials) are register
+# blocked: each of the TS×TS threads of a block forms RB×RB outputs, so a block
+# covers a BT×BT tile of outputs from TS-deep shared slices (TS × (BT + 1)
+# elements each, BLOCK_SLICE).  Products run in the data's dtype, in runs of
+# at most TILE_ROWS terms, flushed into float64 (see cuda_tiled, "Accuracy").
+RB = 4
+BT = TS * RB
+BLOCK_SLICE = TS * (BT + 1)
+# ptxas is promised TS×TS-thread blocks and 2 resident blocks per SM for
+# those two kernels: at most 128 registers, which both dtypes fit without
+# spilling (float32: 91 and 112; bench/gpu_static.py checks it).  Three
+# blocks (80 registers) spill grad_partials.
+TILED_BOUNDS = {} if _cuda_config.ENABLE_CUDASIM else {"launch_bounds": (TS * TS, 2)}
 CACHE = bool(_CACHE_ALLOWED and TPB == 256 and TS == 16)
 
 # The rows plan splits a batch into at most MAX_CHUNKS blocks of at least TPB rows:
@@ -97,3 +110,22 @@ MIN_SPLIT_ROWS = 256
 # whether a fit runs in one launch (True, False; None: automatic).
 FORCE_TILED = False
 FORCE_ONE_LAUNCH = None
+
+
+def _env_cupy():
+    raw = os.environ.get("FASTLIN_CUDA_CUPY", "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if raw in ("0", "off", "false", "no"):
+        return False
+    if raw in ("1", "on", "true", "yes"):
+        return True
+    raise ValueError(f"FASTLIN_CUDA_CUPY must be 0, 1 or auto, got {raw!r}")
+
+
+# The tiled plan's two products through cuBLAS (CuPy's matmul), the
+# ``cublas`` extra (see cuda_cublas): None: whenever ``cupy`` imports (never
+# in the simulator, where CuPy cannot run); False: never (the numba tiles);
+# True: always (an ImportError at the first fit without CuPy).  Set from
+# FASTLIN_CUDA_CUPY (0, 1 or auto) at import; tests patch it.
+USE_CUPY = _env_cupy()

@@ -18,8 +18,11 @@ Two launch plans, chosen from the layer's shape (:func:`path_for`):
     run a whole fit in one launch of one block
     (:func:`fastlin.backends.cuda_rows.fit_steps`).
 ``"tiled"`` (any shape)
-    TS×TS shared-memory tiles: ``residual``, ``grad_partials``,
-    ``update_check``, ``update_apply`` (four launches a step).
+    Register-blocked tiles (BT×BT outputs per block of TS×TS threads):
+    ``residual``, ``grad_partials``, ``update_check``, ``update_apply`` (four
+    launches a step).  With CuPy installed (the ``cublas`` extra;
+    ``cuda_config.USE_CUPY``), a fit's two products go to cuBLAS instead,
+    with fastlin's kernels around them (:mod:`.cuda_cublas`).
 
 A fit of many launches never waits between steps: every kernel reads the
 batch position and the fit's status from the device counters, the losses
@@ -113,7 +116,7 @@ def plan_chunks(n_rows):
 
 def plan_splits(n_rows, n_out, n_in):
     """Tiled plan: ``(rows per split, splits)`` of the gradient over a batch."""
-    tiles = _cdiv(n_out, config.TS) * _cdiv(n_in, config.TS)
+    tiles = _cdiv(n_out, config.BT) * _cdiv(n_in, config.BT)
     splits = max(1, min(_cdiv(config.TARGET_BLOCKS, tiles), _cdiv(n_rows, config.MIN_SPLIT_ROWS)))
     rows = _cdiv(_cdiv(n_rows, splits), config.TS) * config.TS
     return rows, _cdiv(n_rows, rows)
@@ -340,6 +343,16 @@ def _tiles2d(n_rows, n_out):
     return (_cdiv(n_rows, config.TS), _cdiv(n_out, config.TS)), (config.TS, config.TS)
 
 
+def _residual_grid(n_rows, n_out):
+    """Grid and block of ``residual``: BT×BT outputs per TS×TS block."""
+    return (_cdiv(n_rows, config.BT), _cdiv(n_out, config.BT)), (config.TS, config.TS)
+
+
+def _grad_grid(n_out, n_in, n_splits):
+    """Grid of ``grad_partials``: BT×BT gradient elements per block and split."""
+    return (_cdiv(n_in, config.BT), _cdiv(n_out, config.BT), n_splits)
+
+
 def forward(X, W, b, has_bias):
     n_rows = X.shape[0]
     n_out = W.shape[0]
@@ -370,12 +383,12 @@ def _grad_tiled(X, T, W, b, has_bias, ws):
     n_rows, n_in = X.shape
     n_out = W.shape[0]
     st = _static(ws, n_rows, n_out, n_in)
-    grid, block = _tiles2d(n_rows, n_out)
+    grid, block = _residual_grid(n_rows, n_out)
     R = _scratch(ws, "R", (n_rows, n_out))
     loss_p = _scratch(ws, "loss_tiled", (grid[0] * grid[1],))
     part = _scratch(ws, "part_tiled", (st.n_splits * n_params(n_out, n_in),))
     _launch(K.residual, grid, block)(X, T, W, b, has_bias, st.counters, st.cfg, st.perm, R, loss_p)
-    ggrid = (_cdiv(n_in, config.TS), _cdiv(n_out, config.TS), st.n_splits)
+    ggrid = _grad_grid(n_out, n_in, st.n_splits)
     _launch(K.grad_partials, ggrid, block)(X, R, st.counters, st.cfg, st.perm, part)
     return loss_p, part, st.n_splits
 
@@ -412,7 +425,7 @@ def backward(X, dY, W, ws):
     st = _static(ws, n_rows, n_out, n_in)
     n_el = n_params(n_out, n_in)
     part = _scratch(ws, "part_tiled", (st.n_splits * n_el,))
-    ggrid = (_cdiv(n_in, config.TS), _cdiv(n_out, config.TS), st.n_splits)
+    ggrid = _grad_grid(n_out, n_in, st.n_splits)
     _launch(K.grad_partials, ggrid, (config.TS, config.TS))(X, dY, st.counters, st.cfg, st.perm, part)
     dW = _cuda.device_array((n_out, n_in), dtype=W.dtype)
     db = _cuda.device_array(n_out, dtype=W.dtype)
@@ -519,11 +532,10 @@ class FitPlan:
         else:
             self.one_launch = False
             cfg[C_KROWS], self.n_splits = plan_splits(batch, n_out, n_in)
-            self.grid2, self.block2 = _tiles2d(batch, n_out)
+            self.grid2, self.block2 = _residual_grid(batch, n_out)
             self.n_loss = self.grid2[0] * self.grid2[1]
-            self.R = _cuda.device_array((batch, n_out), dtype=np.float64)
-            self.loss_p = _cuda.device_array(self.n_loss, dtype=np.float64)
-            self.part = _cuda.device_array(self.n_splits * n_params(n_out, n_in), dtype=np.float64)
+            self.R = self.loss_p = self.part = None  # the numba tiles' buffers (_tiled_buffers)
+        self.cublas = None  # the cuBLAS step's buffers and views (_cublas_step)
         self.work = None  # sized by the optimiser's slot count k (_work)
         self._work_slots = -1
         self._cfg_host = cfg
@@ -543,6 +555,28 @@ class FitPlan:
             self.work = _cuda.device_array(size, dtype=np.float64)
             self._work_slots = k
         return self.work
+
+    def _tiled_buffers(self):
+        """Allocate the numba tiles' scratch on first use."""
+        if self.R is None:
+            self.R = _cuda.device_array((self.batch_size, self.n_out), dtype=np.float64)
+            self.loss_p = _cuda.device_array(self.n_loss, dtype=np.float64)
+            self.part = _cuda.device_array(self.n_splits * n_params(self.n_out, self.n_in), dtype=np.float64)
+
+    def _cublas_step(self, dtype):
+        """The cuBLAS step for data of ``dtype`` when CuPy is to be used now
+        (``cuda_config.USE_CUPY``, read at every call), else None."""
+        from . import cuda_cublas
+
+        cp = cuda_cublas.cupy_module()
+        if cp is None:
+            return None
+        cb = self.cublas
+        if cb is None or cb.cp is not cp or cb.dtype != dtype:
+            cb = self.cublas = cuda_cublas.CublasStep(
+                cp, self.n_rows, self.batch_size, self.n_out, self.n_in, self.shuffle, dtype
+            )
+        return cb
 
     def _upload(self, vec):
         if self.cfg is None or self._cfg_host[C_VEC] != int(vec):
@@ -578,6 +612,13 @@ class FitPlan:
         # epoch starts, and kernels do nothing once a step has failed.
         pos = int(state.counters[CNT_POS])
         cfg = self._cfg_host
+        cublas = views = None
+        if self.path == "tiled":
+            cublas = self._cublas_step(X.dtype)
+            if cublas is None:
+                self._tiled_buffers()
+            else:
+                views = cublas.views(X, W)
         for _ in range(n_steps):
             if self.shuffle and pos == 0:
                 # one thread per row: the order is drawn in parallel
@@ -615,6 +656,28 @@ class FitPlan:
                     work,
                     losses,
                 )
+            elif cublas is not None:
+                cublas.step(
+                    _launch,
+                    K,
+                    views,
+                    pos,
+                    X,
+                    T,
+                    W,
+                    b,
+                    has_bias,
+                    slots_w,
+                    slots_b,
+                    counters,
+                    hyper,
+                    self.cfg,
+                    self.perm,
+                    reduce_sum,
+                    limit,
+                    work,
+                    losses,
+                )
             else:
                 self._step_tiled(X, T, W, b, has_bias, slots_w, slots_b, hyper, reduce_sum, limit, work, losses)
             if self.advance:
@@ -628,7 +691,7 @@ class FitPlan:
         _launch(K.residual, self.grid2, self.block2)(
             X, T, W, b, has_bias, counters, self.cfg, self.perm, self.R, self.loss_p
         )
-        ggrid = (_cdiv(self.n_in, config.TS), _cdiv(self.n_out, config.TS), self.n_splits)
+        ggrid = _grad_grid(self.n_out, self.n_in, self.n_splits)
         _launch(K.grad_partials, ggrid, self.block2)(X, self.R, counters, self.cfg, self.perm, self.part)
         grid = _cdiv(n_el, config.TPB)
         _launch(K.update_check, grid, config.TPB)(

@@ -99,8 +99,8 @@ def test_mse_grad(cops, path, shape, dtype, reduction):
     sse, dW, db = cops.mse_grad(*dev(cops, X, T, W, b), True, scale, {})
     assert dW.dtype == dtype and db.dtype == dtype
     expected_sse = loss if reduction == "sum" else loss * n * o
-    # The rows plan forms each row's dot product in the data's dtype, as the
-    # CPU does (1e-5 of the terms' magnitude for float32); tiled in float64.
+    # Both plans form the products in the data's dtype, as the CPU does
+    # (1e-5 of the terms' magnitude for float32).
     assert sse == pytest.approx(expected_sse, rel=1e-5 if dtype == np.float32 else 1e-12)
     assert_close(dW, gW, dtype)
     assert_close(db, gb, dtype)
@@ -111,9 +111,9 @@ def test_mse_grad(cops, path, shape, dtype, reduction):
     # float64 gradients of a float32 model (SGD.apply's path), on request
     _, dW64, _ = cops.mse_grad(*dev(cops, X, T, W, b), True, scale, {}, dtype=np.float64)
     assert dW64.dtype == np.float64
-    # (the rows plan sums a float32 model's gradient in float32 runs, as
-    # the CPU does: float32's tolerance; the tiled plan sums in float64)
-    if path == "tiled" or dtype == np.float64:
+    # (both plans sum a float32 model's gradient in float32 runs, as the
+    # CPU does: float32's tolerance)
+    if dtype == np.float64:
         np.testing.assert_allclose(to_host(dW64), gW, rtol=1e-12, atol=1e-13)
     else:
         assert_close(dW64, gW, dtype)

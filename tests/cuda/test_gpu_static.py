@@ -10,7 +10,11 @@ and few fp32→fp64 conversions, and the many-block ones reach 50% occupancy
 (fit_steps runs as one block: its occupancy means nothing).  D (in_features)
 is a run-time value in every kernel, so these static counts are the same for
 every D; the conversions inside the row loops are one per gradient element
-and tile of rows (see fastlin.backends.cuda_rows, "Accuracy").
+and tile of rows (see fastlin.backends.cuda_rows, "Accuracy").  The tiled
+plan's register-blocked products (residual, grad_partials) have no
+conversion and no fp64 multiply-add in their innermost loops (float32
+products, RB² of them per unrolled step; float64 data keep DFMA), so the
+conversions per product do not grow with D; neither dtype spills.
 
 Skipped, with the reason, without numba-cuda's CUDA 13 wheels, ptxas and
 nvdisasm (``pip install "numba-cuda[cu13]" nvidia-cuda-nvcc
@@ -37,10 +41,13 @@ SHARED_STATIC_MAX = 48 * 1024
 # fp32→fp64 conversions (static SASS count) in a hot kernel; the kernels
 # before the row tiles had 44-48, one per multiply-add in their loops.
 F2F_MAX = 12
+# The tiled plan's register-blocked products: RB×RB = 16 multiply-adds per
+# step of their innermost loop (ptxas unrolls it further).
+TILED_PRODUCTS = ("residual", "grad_partials")
+RB2 = 16
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def _run(tmp_path_factory, *args):
     out = tmp_path_factory.mktemp("static") / "static.json"
     env = {
         k: v
@@ -49,7 +56,7 @@ def report(tmp_path_factory):
     }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--json", str(out)],
+        [sys.executable, str(SCRIPT), "--json", str(out), *args],
         check=False,
         capture_output=True,
         text=True,
@@ -63,11 +70,26 @@ def report(tmp_path_factory):
     return {row["name"]: row for row in data["kernels"]}, data
 
 
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    return _run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def report64(tmp_path_factory):
+    """float64: the tiled products and the kernels around cuBLAS."""
+    from fastlin.backends import cuda_cublas
+
+    return _run(tmp_path_factory, "--dtype", "float64", "--kernels", ",".join((*TILED_PRODUCTS, *cuda_cublas.KERNELS)))
+
+
 def test_every_kernel_is_reported(report):
     rows, data = report
     from fastlin.backends import cuda as kernels
+    from fastlin.backends import cuda_cublas
 
-    assert set(rows) == set(kernels.KERNELS)  # every kernel the launch code knows, no more
+    # every kernel the launch code knows, no more
+    assert set(rows) == set(kernels.KERNELS) | set(cuda_cublas.KERNELS)
     assert (data["tpb"], data["tile"]) == (256, 16)
     for name, row in rows.items():
         assert row["hot"] == (name in HOT), name
@@ -95,6 +117,24 @@ def test_streaming_kernels_reach_half_occupancy(report, name):
     assert report[0][name]["occupancy"] >= 0.5, report[0][name]
 
 
+@pytest.mark.parametrize("name", TILED_PRODUCTS)
+def test_tiled_products_are_float32_register_blocks(report, report64, name):
+    row = report[0][name]
+    assert row["loop_ffma"] >= RB2 and row["loop_ffma"] % RB2 == 0, row
+    assert row["loop_f2f"] == 0 and row["loop_dfma"] == 0, row  # nothing per product beyond the FFMA
+    assert row["occupancy"] >= 0.25, row
+    row64 = report64[0][name]  # float64 data keep float64 products, and fit too
+    assert row64["spill_stores"] == 0 and row64["spill_loads"] == 0, row64
+    assert row64["loop_dfma"] >= RB2 and row64["loop_f2f"] == 0, row64
+    assert row64["static_shared_bytes"] <= SHARED_STATIC_MAX and row64["occupancy"] >= 0.25, row64
+
+
+def test_float64_kernels_do_not_spill(report64):
+    for name, row in report64[0].items():
+        assert row["spill_stores"] == 0 and row["spill_loads"] == 0, (name, row)
+        assert row["static_shared_bytes"] <= SHARED_STATIC_MAX, (name, row)
+
+
 def test_occupancy_model():
     from bench import gpu_static  # the repository root is on sys.path (tests is a package)
 
@@ -109,3 +149,16 @@ def test_occupancy_model():
     )
     counts = gpu_static.sass_counts(sass)
     assert (counts["ldg"], counts["ldg128"], counts["f2f_f64_f32"]) == (1, 1, 1)
+    # an outer loop around an inner one: only the inner one counts
+    nested = (
+        ".L_x_1:\n"
+        "        /*0100*/                   F2F.F64.F32 R2, R4 ;\n"
+        ".L_x_2:\n"
+        "        /*0110*/                   FFMA R1, R2, R3, R1 ;\n"
+        "        /*0120*/                   FFMA R5, R2, R3, R5 ;\n"
+        "        /*0130*/               @P0 BRA `(.L_x_2) ;\n"
+        "        /*0140*/                   DFMA R6, R2, R2, R6 ;\n"
+        "        /*0150*/               @P1 BRA `(.L_x_1) ;\n"
+        "        /*0160*/                   FFMA R7, R2, R3, R7 ;\n"
+    )
+    assert gpu_static.inner_loop_counts(nested) == {"loop_ffma": 2, "loop_f2f": 0, "loop_dfma": 0}
