@@ -12,9 +12,9 @@ against its roofline.
   200 float32 against its roofline, ``max(one read of X at the read
   bandwidth measured now over the same X, N·D² flops at the SGEMM rate
   measured now)`` -- SGEMM because float32 data has its products formed in
-  float32 (cpu_gram's float32 path; the sums are float64).  The limit with
-  the DGEMM rate (the roofline of the float64-product pass this replaced) is
-  recorded too, as ``fraction_of_dgemm_limit``.
+  float32 (cpu_gram's float32 path; the sums are float64).  The DGEMM rate is
+  recorded too, but no limit from it: float32 products beat it (a "fraction"
+  of 108% at 100,000 × 200 on 2026-12-01).
 
 Run the 100,000-row cases with ``-k 100000``; the 1,000,000-row ones need
 about 3 GB and minutes (SGDRegressor on 1,000,000 × 200 most of all)::
@@ -50,6 +50,7 @@ ROUNDS = 3
 
 _DATA = {}
 _R2 = {}
+_MEDIAN = {}
 
 
 def _data(n, d):
@@ -71,7 +72,7 @@ def test_time_to_solution(benchmark, n, d, estimator):
     benchmark.group = f"solve:{n}x{d}"
     benchmark.name = f"fit[{n}x{d}-{estimator}]"
     rounds = 1 if estimator == "sgd_regressor" and n >= 1_000_000 else ROUNDS  # seconds per fit
-    fitted = benchmark.pedantic(lambda: make().fit(X, y), rounds=rounds, iterations=1, warmup_rounds=0)
+    fitted = benchmark.pedantic(lambda: make().fit(X, y), setup=_settle, rounds=rounds, iterations=1, warmup_rounds=0)
     r2 = float(fitted.score(X, y))
     _R2[(n, d, estimator)] = r2
     info = benchmark.extra_info
@@ -79,6 +80,21 @@ def test_time_to_solution(benchmark, n, d, estimator):
     ref = _R2.get((n, d, "ridge_cholesky"))
     if ref is not None:
         info["r2_gap_vs_ridge"] = r2 - ref
+    median = benchmark.stats.stats.median if getattr(benchmark, "stats", None) else float("nan")
+    _MEDIAN[(n, d, estimator)] = median
+    ridge = _MEDIAN.get((n, d, "ridge_cholesky"))
+    if ridge is not None and estimator != "ridge_cholesky":
+        # the goal's measure: this fit's median time over Ridge's, same run
+        info["time_ratio_vs_ridge"] = median / ridge
+
+
+def _settle():
+    """Untimed pause before each round.  OpenBLAS's threads spin for about
+    0.1 s after a call (Ridge's GEMM) before they sleep; on two cores the fit
+    timed next shares a core with them (measured: LinearRegressor at
+    100,000 × 200 timed 1.2-1.3× slower right after a Ridge fit than after
+    its own)."""
+    time.sleep(0.25)
 
 
 def _threads():
@@ -111,14 +127,13 @@ def test_gram_roofline(benchmark, n, d):
     model.solve(X[:1000], T[:1000])  # compile
     benchmark.group = "solve:roofline"
     benchmark.name = f"Linear.solve[{n}x{d}]"
-    benchmark.pedantic(lambda: model.solve(X, T), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(lambda: model.solve(X, T), setup=_settle, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     read_bps, read_method = roofline.read_bandwidth(X, repeats=5)
     sgemm, _ = roofline.gemm_rate(2048, repeats=3)
     dgemm = _dgemm_rate()
     flops = float(n) * d * d  # the upper triangle of XᵀX: N·D²/2 multiply-adds
     read_s = X.nbytes / read_bps
     limit = max(read_s, flops / sgemm)
-    limit_dgemm = max(read_s, flops / dgemm)
     median = benchmark.stats.stats.median if getattr(benchmark, "stats", None) else float("nan")
     benchmark.extra_info.update(
         read_GBps=read_bps / 1e9,
@@ -126,9 +141,7 @@ def test_gram_roofline(benchmark, n, d):
         dgemm_GFLOPs=dgemm / 1e9,
         sgemm_GFLOPs=sgemm / 1e9,
         limit_s=limit,
-        limit_dgemm_s=limit_dgemm,
         fraction_of_limit=limit / median,
-        fraction_of_dgemm_limit=limit_dgemm / median,
         loadavg_1min=os.getloadavg()[0],
         numba_threads=_threads(),
     )

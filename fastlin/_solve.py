@@ -131,7 +131,7 @@ def factor(H, G):
             c = None
         if c is not None and np.min(np.diagonal(c)) ** 2 > PIVOT_MIN:
             # Hs = c·cᵀ, so H = RᵀR with R = cᵀ·diag(1/d); c·q = Gs.
-            return c.T / d[None, :], np.linalg.solve(c, Gs), np.zeros((n, 0))
+            return c.T / d[None, :], _triangular(c, Gs, lower=True), np.zeros((n, 0))
     lam, V = np.linalg.eigh(Hs)
     top = float(lam[-1]) if n else 0.0
     keep = lam > EIG_RCOND * top if top > 0.0 else np.zeros(n, dtype=bool)
@@ -139,6 +139,21 @@ def factor(H, G):
     Vk = V[:, keep]
     # Hs·v = 0  <=>  H·(D·v) = 0
     return (root[:, None] * Vk.T) / d[None, :], (Vk.T @ Gs) / root[:, None], d[:, None] * V[:, ~keep]
+
+
+def _triangular(R, Q, lower):
+    """``R⁻¹·Q`` for a triangular R (float64; substitution, in one thread)."""
+    from .backends import cpu_gram
+
+    Q = np.ascontiguousarray(Q, dtype=np.float64)
+    out = np.empty_like(Q)
+    cpu_gram.solve_triangular(np.ascontiguousarray(R, dtype=np.float64), Q, lower, out)
+    return out
+
+
+def _is_upper(R):
+    """Whether R is square and upper triangular (Cholesky's factor is)."""
+    return R.shape[0] == R.shape[1] and not np.tril(R, -1).any()
 
 
 def _null_directions(K, null):
@@ -277,7 +292,12 @@ def ridge_solution(sums, alpha, fit_intercept):
         if fit_intercept:
             xx, xt, _, mx, mt = centred(sums)
             R, q, null = factor(xx, xt)
-            W = least_squares(R, q, null, np.eye(n_in), np.zeros((n_in, n_out)), alpha).T
+            if alpha == 0.0 and not null.shape[1] and _is_upper(R):
+                # Cholesky succeeded and nothing is penalised: R·W = q is the
+                # whole problem (least_squares would take a QR of R first).
+                W = _triangular(R, q, lower=False).T
+            else:
+                W = least_squares(R, q, null, np.eye(n_in), np.zeros((n_in, n_out)), alpha).T
             b = mt - W @ mx
         else:
             # W·x − t = W·x' − t' + (W·r − s): the shifted design with c = W·r − s.

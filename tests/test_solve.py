@@ -312,6 +312,114 @@ def test_float32_values_outside_the_safe_range_are_summed_in_float64(case, gram_
             )
 
 
+# Widths around the 8-lane shift (_fill32: 8 columns at a time, a scalar
+# tail) and the 6 × 16 / 6 × 8 tiles, with N below, at and off 64 rows.
+F32_LANE_SHAPES = [
+    (1, 8, 1),
+    (63, 9, 2),
+    (64, 15, 1),
+    (65, 16, 1),
+    (130, 17, 3),
+    (200, 23, 5),
+    (70, 40, 16),
+    (129, 7, 1),
+]
+
+
+@pytest.mark.parametrize("shape", F32_LANE_SHAPES, ids=[f"{n}x{d}x{o}" for n, d, o in F32_LANE_SHAPES])
+def test_float32_gram_sums_vector_shift_and_tiles(shape, gram_chunking):
+    n, d, o = shape
+    rng = np.random.default_rng(7 * n + d)
+    X = (rng.normal(size=(n, d)) * rng.uniform(0.5, 3.0, size=d) + 100.0 * rng.normal(size=d)).astype(np.float32)
+    X[:, d // 2] = 4.25  # a constant column
+    T = (rng.normal(size=(n, o)) - 50.0).astype(np.float32)
+    before = X.copy()
+    got = cpu_ops.gram_sums(X, T)
+    ref = gram_ref(X, T)
+    bound = gram_abs_ref(X, T)
+    for key in ("xx", "xt", "sx", "st", "tt"):
+        err = np.abs(np.asarray(getattr(got, key)) - ref[key])
+        assert np.all(err <= float32_bound(bound, key)), key
+    assert got.sw == n
+    np.testing.assert_array_equal(got.xx, got.xx.T)
+    np.testing.assert_array_equal(X, before)
+
+
+@pytest.mark.parametrize("column", [0, 7, 8, 12])
+@pytest.mark.parametrize("value", [3e20, -3e20, "tiny-column", np.inf, -np.inf])
+def test_float32_out_of_range_value_in_any_lane_takes_float64(column, value):
+    """d = 13: columns 0-7 are shifted as one vector, 8-12 one by one; a value
+    out of float32's safe range in either part sends its chunk (here the
+    only one) to float64."""
+    rng = np.random.default_rng(column)
+    n, d = 100, 13
+    X = rng.normal(size=(n, d))
+    T = rng.normal(size=(n, 1))
+    if value == "tiny-column":  # every shifted value of the column below 2**-60
+        X[:, column] *= 1e-25
+        value = 1e-25
+    else:
+        X[n // 3, column] = value
+    X, T = X.astype(np.float32), T.astype(np.float32)
+    assert cpu_ops.plan_gram_chunks(n, d, 1, np.float32)[1] == 1
+    got = cpu_ops.gram_sums(X, T)
+    if not np.isfinite(value):
+        assert not np.isfinite(got.xx).all()
+        return
+    ref = gram_ref(X, T)
+    for key in ("xx", "xt", "sx", "st", "tt"):
+        value_ref = ref[key]
+        np.testing.assert_allclose(
+            np.asarray(getattr(got, key)), value_ref, rtol=0, atol=1e-13 * np.abs(value_ref).max(), err_msg=key
+        )
+    # the column's own sums to float64 accuracy (float32 products of values
+    # near 1e-25 would underflow to zero)
+    np.testing.assert_allclose(got.xx[column, column], ref["xx"][column, column], rtol=1e-12)
+    np.testing.assert_allclose(got.sx[column], ref["sx"][column], rtol=1e-12)
+
+
+@pytest.mark.parametrize("column", [2, 10])
+def test_float32_nan_makes_the_sums_nan(column):
+    X, T = make(200, 11, 1, dtype=np.float32)
+    X[50, column] = np.nan
+    got = cpu_ops.gram_sums(X, T)
+    assert np.isnan(got.xx).any()
+
+
+@pytest.mark.parametrize("lower", [True, False])
+@pytest.mark.parametrize(("n", "m"), [(1, 1), (2, 3), (17, 1), (64, 5), (201, 2)])
+def test_solve_triangular_matches_numpy(n, m, lower):
+    rng = np.random.default_rng(n + m)
+    R = rng.normal(size=(n, n)) + 2.0 * np.sqrt(n) * np.eye(n)
+    R = np.tril(R) if lower else np.triu(R)
+    # the other triangle is never read
+    full = R + (np.triu(np.full((n, n), np.nan), 1) if lower else np.tril(np.full((n, n), np.nan), -1))
+    Q = rng.normal(size=(n, m))
+    out = np.empty((n, m))
+    cpu_gram.solve_triangular(full, Q, lower, out)
+    np.testing.assert_allclose(out, np.linalg.solve(R, Q), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(50, 1, 1), (300, 7, 2), (2000, 40, 1)])
+def test_ridge_solution_triangular_shortcut_matches_least_squares(shape):
+    """alpha = 0 with a Cholesky factor: one back substitution, the same
+    answer as the QR of least_squares (which the shortcut skips)."""
+    n, d, o = shape
+    X, T = make(n, d, o, seed=d)
+    X += 1e3
+    sums = cpu_ops.gram_sums(X, T)
+    W, b, _ = _solve.ridge_solution(sums, 0.0, True)
+    xx, xt, _, mx, mt = _solve.centred(sums)
+    R, q, null = _solve.factor(xx, xt)
+    assert not null.shape[1] and _solve._is_upper(R)
+    W_qr = _solve.least_squares(R, q, null, np.eye(d), np.zeros((d, o)), 0.0).T
+    np.testing.assert_allclose(W, W_qr, rtol=1e-9, atol=1e-12)
+    A = np.column_stack([X, np.ones(n)])
+    ref = np.linalg.lstsq(A, T, rcond=None)[0]
+    np.testing.assert_allclose(W, ref[:d].T, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(b, ref[d], rtol=1e-8, atol=1e-8)
+
+
 def test_float32_gram_sums_with_a_given_reference_row():
     X, T = make(300, 3, 1, dtype=np.float32)
     x_ref, t_ref = np.array([0.1, 0.2, 0.3]), np.array([0.7])

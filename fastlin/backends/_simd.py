@@ -22,6 +22,14 @@
     (one fused multiply-add where the target has it, as ``contract`` allows).
     ``vstore8(a, i, j, v)``: ``a[i, j : j + 8] = v``.
 
+For the Gram pass's shift (``cpu_gram._fill32``): ``vsub8(a, b)``, ``a − b``;
+    ``vload8_first(a, i, j, count)``, the ``count`` (< 8) elements from
+    ``a[i, j]`` and zeros after them, reading nothing past them (a masked
+    load: the end of a row or of the array); and a range test kept as a lane
+    mask until one reduction: ``vmask8(a)`` (no lanes), ``voutside8(mask, v,
+    lo, hi)`` (adds the lanes where ``v`` is nonzero and ``|v|`` is outside
+    ``[lo, hi]``, NaN included), ``vany8(mask)``.
+
 Every address is formed from the array's strides without a bounds check:
 the callers pass indices they know to be in range.
 """
@@ -291,5 +299,125 @@ def vresidual8(typingctx, R, g, o0, T, i, b, gb):
         builder.store(builder.fadd(builder.load(pgb, align=8), r), pgb, align=8)
         builder.store(r if Rty.dtype.bitwidth == 64 else builder.fptrunc(r, data), pR, align=align)
         return builder.fmul(r, r)
+
+    return sig, codegen
+
+
+# --------------------------------------------------------------------------
+# added for the Gram pass's shift (cpu_gram._fill32): a vector subtraction
+# and a range test whose result stays a lane mask until one reduction
+# --------------------------------------------------------------------------
+@intrinsic
+def vsub8(typingctx, a, b):
+    """``a − b`` lane by lane (two ``Vec8`` of one dtype): one rounding, as
+    the scalar subtraction."""
+    if not (isinstance(a, Vec8) and a == b):
+        return None
+    sig = a(a, b)
+
+    def codegen(context, builder, signature, args):
+        return builder.fsub(args[0], args[1])
+
+    return sig, codegen
+
+
+MASK = Vec8(types.int32)
+
+
+@intrinsic
+def vmask8(typingctx, a):
+    """A lane mask of no lanes (``Vec8`` of int32 zeros); ``a`` is any array
+    (it only fixes the call's types, as in ``vzeros8``)."""
+    if not isinstance(a, types.Array):
+        return None
+    sig = MASK(a)
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(context.get_value_type(MASK), None)
+
+    return sig, codegen
+
+
+@intrinsic
+def voutside8(typingctx, mask, v, lo, hi):
+    """``mask`` with the lanes set where ``v`` is nonzero and ``|v|`` is not in
+    ``[lo, hi]`` (infinities and NaN included: a NaN fails both bounds).
+
+    ``mask`` a lane mask (``vmask8``), ``v`` a float ``Vec8``, ``lo`` and
+    ``hi`` scalars converted to ``v``'s dtype.  The mask stays a vector, so a
+    loop of these needs no reduction until ``vany8``.
+    """
+    if not (mask == MASK and isinstance(v, Vec8) and isinstance(v.dtype, types.Float)):
+        return None
+    if not (isinstance(lo, types.Number) and isinstance(hi, types.Number)):
+        return None
+    sig = MASK(mask, v, lo, hi)
+
+    def codegen(context, builder, signature, args):
+        _, vty, loty, hity = signature.args
+        llvty = context.get_value_type(vty)
+        fabs = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(llvty, [llvty]),
+            f"llvm.fabs.v{LANES}{'f32' if vty.dtype.bitwidth == 32 else 'f64'}",
+        )
+        a = builder.call(fabs, [args[1]])
+        lo_v = _splat(builder, llvty, context.cast(builder, args[2], loty, vty.dtype))
+        hi_v = _splat(builder, llvty, context.cast(builder, args[3], hity, vty.dtype))
+        zero = ir.Constant(llvty, None)
+        # not (a <= hi) -- true for NaN too; 0 < a < lo
+        above = builder.fcmp_unordered(">", a, hi_v)
+        tiny = builder.and_(builder.fcmp_ordered("<", a, lo_v), builder.fcmp_ordered(">", a, zero))
+        out = builder.sext(builder.or_(above, tiny), context.get_value_type(MASK))
+        return builder.or_(args[0], out)
+
+    return sig, codegen
+
+
+@intrinsic
+def vany8(typingctx, mask):
+    """Whether any lane of a lane mask is set."""
+    if mask != MASK:
+        return None
+    sig = types.boolean(mask)
+
+    def codegen(context, builder, signature, args):
+        bits = builder.icmp_unsigned("!=", args[0], ir.Constant(context.get_value_type(MASK), None))
+        packed = builder.bitcast(bits, ir.IntType(LANES))
+        return builder.icmp_unsigned("!=", packed, ir.Constant(ir.IntType(LANES), 0))
+
+    return sig, codegen
+
+
+@intrinsic
+def vload8_first(typingctx, a, i, j, count):
+    """``a[i, j : j + count]`` (``count`` < 8) in the first lanes of a
+    ``Vec8``, zeros in the others; nothing past them is read
+    (``llvm.masked.load``: the end of a row, or of the array)."""
+    if not (_is_2d(a) and _float_array(a) and isinstance(i, types.Integer) and isinstance(j, types.Integer)):
+        return None
+    if not isinstance(count, types.Integer):
+        return None
+    vty = Vec8(a.dtype)
+    sig = vty(a, i, j, count)
+
+    def codegen(context, builder, signature, args):
+        aty, ity, jty, cty = signature.args
+        ptr = _item_pointer(context, builder, aty, args[0], ity, args[1], jty, args[2])
+        llvty = context.get_value_type(vty)
+        vptr = builder.bitcast(ptr, llvty.as_pointer())
+        i32 = ir.IntType(32)
+        lanes = ir.Constant(ir.VectorType(i32, LANES), list(range(LANES)))
+        n = builder.trunc(context.cast(builder, args[3], cty, types.int64), i32)
+        nv = _splat(builder, ir.VectorType(i32, LANES), n)
+        mask = builder.icmp_signed("<", lanes, nv)
+        suffix = f"v{LANES}{'f32' if vty.dtype.bitwidth == 32 else 'f64'}.p0"
+        fn = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(llvty, [llvty.as_pointer(), i32, mask.type, llvty]),
+            f"llvm.masked.load.{suffix}",
+        )
+        align = context.get_abi_sizeof(context.get_value_type(aty.dtype))
+        return builder.call(fn, [vptr, i32(align), mask, ir.Constant(llvty, None)])
 
     return sig, codegen
