@@ -69,6 +69,11 @@ def _import_cupy():
     return importlib.import_module("cupy")
 
 
+# What the automatic choice found, by import hook (tests replace the hook):
+# a failed import is not cached by Python, and costs about 0.1 ms a fit call.
+_AUTOMATIC: dict = {}
+
+
 def cupy_module():
     """The CuPy module the tiled plan should use now, or None.
 
@@ -79,9 +84,14 @@ def cupy_module():
     use = config.USE_CUPY
     if use is False or (use is None and SIMULATOR):
         return None
+    hook = _import_cupy
+    if use is None and hook in _AUTOMATIC:
+        return _AUTOMATIC[hook]
     try:
-        return _import_cupy()
+        found = _AUTOMATIC[hook] = hook()
+        return found
     except Exception as exc:  # noqa: BLE001 (a broken CuPy install is "no CuPy" unless it was asked for)
+        _AUTOMATIC[hook] = None
         if use:
             raise ImportError(
                 f"cuda_config.USE_CUPY (FASTLIN_CUDA_CUPY=1) asks for CuPy, which does not import ({exc}); "

@@ -91,6 +91,22 @@ def test_the_switch(monkeypatch):
     assert cuda_cublas.cupy_module() is None
 
 
+def test_the_automatic_choice_tries_the_import_once(monkeypatch):
+    from fastlin.backends import cuda_config, cuda_cublas
+
+    tries = []
+
+    def no_cupy():
+        tries.append(1)
+        raise ImportError("No module named 'cupy'")
+
+    monkeypatch.setattr(cuda_cublas, "SIMULATOR", False)  # as on a GPU without CuPy
+    monkeypatch.setattr(cuda_cublas, "_import_cupy", no_cupy)
+    monkeypatch.setattr(cuda_config, "USE_CUPY", None)
+    assert [cuda_cublas.cupy_module() for _ in range(3)] == [None] * 3
+    assert tries == [1]  # (a failed import is not cached by Python: it would cost every fit call)
+
+
 def test_environment_variable(monkeypatch):
     from fastlin.backends import cuda_config
 
