@@ -172,3 +172,21 @@ def test_the_lr_shortcut_reuses_its_sgd_only_for_the_same_rate():
         with pytest.raises(error):
             model.fit(X, T, steps=5, lr=bad)
         np.testing.assert_array_equal(model.weight, before)
+
+
+def test_the_parallel_kernels_compile_one_copy_for_every_optimiser():
+    # cpu_ops.GENERIC: a parallel step or fit runs every rule through the
+    # generic copy of the update, so a second optimiser compiles nothing new;
+    # the results are those of the rule's own copy (checked above)
+    X, T, W, b = make_data(20_000, 16, 4, np.float32, seed=12)
+    for make in (lambda: fastlin.SGD(1e-3), lambda: fastlin.SGD(1e-3, momentum=0.9), lambda: fastlin.Adam(1e-3)):
+        fitted, stepped = fastlin.Linear.from_weights(W, b), fastlin.Linear.from_weights(W, b)
+        losses = fitted.fit(X, T, steps=2, opt=make()).loss
+        step_opt = make()
+        step_losses = [stepped.step(X, T, step_opt) for _ in range(2)]
+        np.testing.assert_array_equal(losses, step_losses)
+        np.testing.assert_array_equal(fitted.weight, stepped.weight)
+        (plan,) = [v for k, v in fitted._step_ws.items() if isinstance(k, tuple) and k[0] == "fit-plan"]
+        (scratch,) = [v for k, v in stepped._step_ws.items() if isinstance(k, tuple) and k[0] == "scratch"]
+        assert plan.kernel is cpu.fit_steps_parallel and scratch[4] is cpu.fused_step_parallel
+        assert list(plan.entries) == [id(cpu.ANY_RULE)] and list(scratch[5]) == [id(cpu.ANY_RULE)]

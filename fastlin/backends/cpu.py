@@ -89,7 +89,7 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import prange, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from .._jit import kernel, kernel_pair
 from . import counters as _counters
@@ -305,6 +305,25 @@ def _model_sse(X, T, W, b, chunk_rows, loss_p):
 model_sse, model_sse_parallel = kernel_pair(_model_sse)
 
 
+@intrinsic
+def _unliteral(typingctx, value):
+    """``value``, typed as a plain number or bool instead of a literal.
+
+    A kernel that is not inlined is compiled once for every distinct set of
+    argument types it is called with, and numba types a constant argument
+    (``False``, ``0``, ``FLUSH_ROWS``) as a literal of that value: so the
+    row kernels compiled twice, once for the full-batch step's constants and
+    once for the variables of a fit, 3-5 s each (bench/RESULTS.md, fifth
+    session).  Their scalar arguments pass through this first.
+    """
+    plain = types.unliteral(value)
+
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[0], signature.args[0], plain)
+
+    return plain(value), codegen
+
+
 @kernel(inline=True)  # a separate function would be optimised once more, with both kernels in it
 def _rows_partials(X, T, W, WT, b, rows, use_rows, start, lo, hi, gW, gb, acc, R, tiled):
     """Loss and gradient sums over batch rows ``lo..hi`` (one chunk).
@@ -314,6 +333,7 @@ def _rows_partials(X, T, W, WT, b, rows, use_rows, start, lo, hi, gW, gb, acc, R
     pair-of-outputs kernel (which ignores ``WT``, and uses ``R`` when it is
     not empty).
     """
+    use_rows, start, lo, hi = _unliteral(use_rows), _unliteral(start), _unliteral(lo), _unliteral(hi)
     if tiled:
         return _rows_partials_tiled(X, T, W, WT, b, rows, use_rows, start, lo, hi, gW, gb, acc, R)
     return _rows_partials_pairs(X, T, W, b, rows, use_rows, start, lo, hi, gW, gb, acc, R)
@@ -414,7 +434,7 @@ def _rows_partials_pairs(X, T, W, b, rows, use_rows, start, lo, hi, gW, gb, acc,
         if (k - lo) % FLUSH_ROWS == 0:
             if use_R:
                 for t in range(0, n_out, OUT_TILE):
-                    _tile_gradient(X, R, rows, use_rows, start + k - FLUSH_ROWS, FLUSH_ROWS, t, gW)
+                    _tile_gradient(X, R, rows, use_rows, start + k - FLUSH_ROWS, _unliteral(FLUSH_ROWS), t, gW)
             else:
                 _flush(acc, gW)
     m = (k - lo) % FLUSH_ROWS  # rows of the last, shorter run
@@ -859,8 +879,8 @@ advance = kernel(inline=True)(_counters.advance)
 # branches stay inside the loop even where the caller has already tested
 # the same fields.  So each step copies the record's fields once into a
 # named tuple, held in registers, which the rule subscripts the same way
-# (the overload below); the specialised copies in :func:`_update_pass` then
-# lose the branches they do not take.
+# (the overload below); the copies specialised by kind (:func:`_update`)
+# then lose the branches they do not take.
 _HYPER_NAMES: tuple[str, ...] = tuple(HYPER.names or ())
 # (mypy wants literal field names; these come from the record.)
 HyperValues = namedtuple("HyperValues", _HYPER_NAMES)  # type: ignore[misc]
@@ -996,75 +1016,130 @@ def _slots_for_overload(kind, slots_w):
     return lambda kind, slots_w: slots_w.shape[0]
 
 
-@kernel(inline=True)
-def _update_loops(gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit, commit):
-    """Apply the update when ``commit``; otherwise only check it stays finite.
+def _rule_pass(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit):
+    """Check the update of every parameter, then write them all: returns
+    False, having written nothing, when any new value (a slot included) would
+    be NaN/Inf or beyond ``limit``; else writes and returns True.
 
-    Running the same arithmetic twice (check, then write) keeps W, b and the
-    slots untouched when any new value would be NaN/Inf or beyond ``limit``.
-    For small layers this is cheaper than computing into scratch and copying
-    (measured with callgrind: ~1020 against ~1150 instructions a seed step).
-    Slot ``j`` is read and written only when ``j < k`` (``k`` <=
-    ``slots_w.shape[0]``); a missing one enters the rule as 0.0 and comes
-    back unchanged.  Returns True when every new value is finite (always
-    True on commit).
+    The rule is computed twice (the check pass, then the write pass): for
+    small layers that is cheaper than computing into scratch and copying
+    (callgrind: ~1020 against ~1150 instructions a seed step).  Slot ``j`` is
+    read and written only when ``j < k`` (``k`` <= ``slots_w.shape[0]``); a
+    missing one enters the rule as 0.0 and comes back unchanged.
+
+    One call site of the rule for both passes and for W and b alike: numba
+    inlines the rule's IR into every call site, and with four (check and
+    write, W and b) the update compiled in 12.5 s a kind, against 6.4 s with
+    this one (bench/RESULTS.md, fifth session).  The price is a branch per
+    element, about 50 ns a step of the seed's 1 x 5 -> 2 momentum fit.
     """
-    finite = True  # no early exit: a branch-free check loop is faster
     n_out, n_in = W.shape
+    n_cols = n_in + 1 if has_bias else n_in  # column n_in is the bias
+    for commit in range(2):
+        finite = True  # no early exit: a branch-free check loop is faster
+        for o in range(n_out):
+            for d in range(n_cols):
+                weight = d < n_in
+                if weight:
+                    p0 = np.float64(W[o, d])
+                    g0 = gW[o, d]
+                    s0 = np.float64(slots_w[0, o, d]) if k > 0 else 0.0
+                    s1 = np.float64(slots_w[1, o, d]) if k > 1 else 0.0
+                    s2 = np.float64(slots_w[2, o, d]) if k > 2 else 0.0
+                else:
+                    p0 = np.float64(b[o])
+                    g0 = gb[o]
+                    s0 = np.float64(slots_b[0, o]) if k > 0 else 0.0
+                    s1 = np.float64(slots_b[1, o]) if k > 1 else 0.0
+                    s2 = np.float64(slots_b[2, o]) if k > 2 else 0.0
+                p, s0, s1, s2 = _update_element(hp, lr, step, has_buf, p0, scale * g0, s0, s1, s2)
+                if commit == 0:  # the slots too: they can overflow in float32 while p stays finite
+                    finite &= (abs(p) <= limit) & (abs(s0) <= limit) & (abs(s1) <= limit) & (abs(s2) <= limit)
+                elif weight:
+                    W[o, d] = p
+                    if k > 0:
+                        slots_w[0, o, d] = s0
+                    if k > 1:
+                        slots_w[1, o, d] = s1
+                    if k > 2:
+                        slots_w[2, o, d] = s2
+                else:
+                    b[o] = p
+                    if k > 0:
+                        slots_b[0, o] = s0
+                    if k > 1:
+                        slots_b[1, o] = s1
+                    if k > 2:
+                        slots_b[2, o] = s2
+        if not finite:
+            return False
+    return True
+
+
+def _plain_sgd_pass(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit):
+    """:func:`_rule_pass` for PLAIN_SGD: ``p - lr * g`` with ``g = scale *
+    gradient``, the expression rules.update_element's SGD branch reduces to
+    without momentum and weight decay (tests/test_small_fits.py checks that
+    the two give the same bits).  Written out because compiling the whole rule
+    for it cost the seed's first fit 9 s of its 17 (bench/RESULTS.md, fifth
+    session); LLVM folded the rest away in any case.  No slots."""
+    n_out, n_in = W.shape
+    finite = True
     for o in range(n_out):
         for d in range(n_in):
-            s0 = np.float64(slots_w[0, o, d]) if k > 0 else 0.0
-            s1 = np.float64(slots_w[1, o, d]) if k > 1 else 0.0
-            s2 = np.float64(slots_w[2, o, d]) if k > 2 else 0.0
-            p, s0, s1, s2 = _update_element(hp, lr, step, has_buf, np.float64(W[o, d]), scale * gW[o, d], s0, s1, s2)
-            if commit:
-                W[o, d] = p
-                if k > 0:
-                    slots_w[0, o, d] = s0
-                if k > 1:
-                    slots_w[1, o, d] = s1
-                if k > 2:
-                    slots_w[2, o, d] = s2
-            else:  # the slots too: they can overflow in float32 while p stays finite
-                finite &= (abs(p) <= limit) & (abs(s0) <= limit) & (abs(s1) <= limit) & (abs(s2) <= limit)
+            finite &= abs(np.float64(W[o, d]) - lr * (scale * gW[o, d])) <= limit
     if has_bias:
         for o in range(n_out):
-            s0 = np.float64(slots_b[0, o]) if k > 0 else 0.0
-            s1 = np.float64(slots_b[1, o]) if k > 1 else 0.0
-            s2 = np.float64(slots_b[2, o]) if k > 2 else 0.0
-            p, s0, s1, s2 = _update_element(hp, lr, step, has_buf, np.float64(b[o]), scale * gb[o], s0, s1, s2)
-            if commit:
-                b[o] = p
-                if k > 0:
-                    slots_b[0, o] = s0
-                if k > 1:
-                    slots_b[1, o] = s1
-                if k > 2:
-                    slots_b[2, o] = s2
-            else:
-                finite &= (abs(p) <= limit) & (abs(s0) <= limit) & (abs(s1) <= limit) & (abs(s2) <= limit)
-    return finite
+            finite &= abs(np.float64(b[o]) - lr * (scale * gb[o])) <= limit
+    if not finite:
+        return False
+    for o in range(n_out):
+        for d in range(n_in):
+            W[o, d] = np.float64(W[o, d]) - lr * (scale * gW[o, d])
+    if has_bias:
+        for o in range(n_out):
+            b[o] = np.float64(b[o]) - lr * (scale * gb[o])
+    return True
+
+
+def _update_pass(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit):
+    """Check, then write, the update of an update of ``kind`` (compiled code
+    only): :func:`_plain_sgd_pass` for PLAIN_SGD, else :func:`_rule_pass`."""
+    raise NotImplementedError("compiled code only")
+
+
+def _inline_plain_only(expr, caller_info, callee_info):
+    """numba's inlining choice for :func:`_update_pass`: the few lines of the
+    plain pass go inline into the caller (a call costs the seed's fit 30-60 ns
+    of its ~100 a step); the rule's pass stays one compiled function per kind
+    that every kernel calls (compiling its copies inline is what made the
+    update slow to compile)."""
+    return _is_plain(callee_info.signature.args[0])
+
+
+@overload(_update_pass, inline=_inline_plain_only)
+def _update_pass_overload(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit):
+    return _plain_sgd_pass if _is_plain(kind) else _rule_pass
 
 
 @kernel(inline=True)
-def _update_body(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hp, k, limit):
+def _update_body(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hp, k, limit):
     """:func:`_update` with the record's values ``hp`` and slot count ``k``
     already taken (once per call, by the small-problem kernels)."""
     step = counters[CNT_STEP]
     lr = _scheduled_lr(hp, step)
     has_buf = counters[CNT_HAS_BUF] != 0
-    if not _update_loops(gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit, False):
+    if not _update_pass(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit):
         return NONFINITE_UPDATE
-    _update_loops(gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit, True)
     step_taken(counters, hp["rule"] == RULE_SGD and hp["momentum"] != 0.0)
     return OK
 
 
 # Not inlined into the streaming kernels that call it, but compiled once per
-# kind for all of them: it holds four copies of the rule (check and write, W
-# and b), and inlined into each kernel the copies made the first fit_steps
-# call compile in 109 s against 45 s (when one generic copy served every
-# rule).  The small-problem kernels inline it (:func:`_update_body`).
+# kind for all of them: inlined into each kernel, the rule's copies made the
+# first fit_steps call compile in 109 s against 45 s (when the rule had four
+# call sites, see :func:`_rule_pass`).  The small-problem kernels inline its
+# body (:func:`_update_body`).
 @kernel
 def _update(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hyper, kind, limit):
     """The update of ``hyper[0]``'s rule (compiled for ``kind``, see
@@ -1076,7 +1151,7 @@ def _update(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hyper, ki
     """
     hp = _values_for(kind, hyper[0])
     k = _slots_for(kind, slots_w)
-    return _update_body(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hp, k, limit)
+    return _update_body(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hp, k, limit)
 
 
 @kernel
@@ -1168,8 +1243,12 @@ def fused_step_parallel(
 
 # The counter-based permutation of :mod:`.permute`, compiled for the CPU
 # (the GPU compiles the same functions, so both draw the same order).
-_half_bits = kernel(inline=True)(_permute.half_bits)
-_round_key = kernel(inline=True)(_permute.round_key)
+# Only the per-row function is inlined.  The round keys are computed in a
+# loop by one compiled round_key: inlined eight times (with literal round
+# numbers) they took 1.5 of the 2.2 s this kernel compiled in, a cost every
+# fit paid, shuffled or not (bench/RESULTS.md, fifth session).
+_half_bits = kernel(_permute.half_bits)
+_round_key = kernel(_permute.round_key)
 _permuted_index = kernel(inline=True)(_permute.permuted_index)
 
 
@@ -1186,16 +1265,10 @@ def epoch_permutation(seed, epoch, perm):
     """
     n = perm.shape[0]
     h = _half_bits(n)
-    keys = (
-        _round_key(seed, epoch, 0),
-        _round_key(seed, epoch, 1),
-        _round_key(seed, epoch, 2),
-        _round_key(seed, epoch, 3),
-        _round_key(seed, epoch, 4),
-        _round_key(seed, epoch, 5),
-        _round_key(seed, epoch, 6),
-        _round_key(seed, epoch, 7),
-    )  # permute.ROUNDS of them
+    k = np.empty(_permute.ROUNDS, dtype=np.uint64)
+    for r in range(_permute.ROUNDS):
+        k[r] = _round_key(seed, epoch, r)
+    keys = (k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7])  # permute.ROUNDS of them, held in registers
     for i in range(n):
         perm[i] = _permuted_index(i, n, h, keys)
 
@@ -1358,14 +1431,14 @@ def _small_sums(X, T, W, b, rows, use_rows, start, n, gW, gb):
 
 @kernel(inline=True)
 def _small_step(
-    X, T, W, b, has_bias, slots_w, slots_b, counters, hp, k, reduce_sum, limit, rows, use_rows, pos, n, gW, gb
+    X, T, W, b, has_bias, slots_w, slots_b, counters, kind, hp, k, reduce_sum, limit, rows, use_rows, pos, n, gW, gb
 ):
     """One step on a small batch: ``(loss before the update, status)``."""
     sse_ = _small_sums(X, T, W, b, rows, use_rows, pos, n, gW, gb)
     loss, scale = _loss_and_scale(sse_, n, W.shape[0], reduce_sum)
     if not np.isfinite(sse_):
         return loss, NONFINITE_LOSS
-    return loss, _update_body(gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hp, k, limit)
+    return loss, _update_body(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, counters, hp, k, limit)
 
 
 @kernel
@@ -1381,7 +1454,7 @@ def fused_step_small(
     n_slots = _slots_for(kind, slots_w)
     no_rows = np.empty(0, dtype=np.int64)
     return _small_step(
-        X, T, W, b, has_bias, slots_w, slots_b, counters, hp, n_slots, reduce_sum, limit, no_rows, False, 0,
+        X, T, W, b, has_bias, slots_w, slots_b, counters, kind, hp, n_slots, reduce_sum, limit, no_rows, False, 0,
         X.shape[0], gW, gb,
     )  # fmt: skip
 
@@ -1420,7 +1493,7 @@ def fit_steps_small(
     for s in range(losses.shape[0]):
         pos, n = next_batch(counters, perm, shuffle, seed, batch_size, n_rows)
         loss, status = _small_step(
-            X, T, W, b, has_bias, slots_w, slots_b, counters, hp, n_slots, reduce_sum, limit, perm, shuffle, pos, n,
+            X, T, W, b, has_bias, slots_w, slots_b, counters, kind, hp, n_slots, reduce_sum, limit, perm, shuffle, pos, n,
             gW, gb,
         )  # fmt: skip
         losses[s] = loss

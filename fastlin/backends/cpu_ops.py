@@ -473,6 +473,17 @@ _KINDS: dict[int, tuple[np.ndarray, object]] = {}
 _KINDS_SIZE = 64
 
 
+# The parallel kernels and the GEMM path take every rule through the generic
+# copy of the update (cpu.ANY_RULE), whatever the optimiser: they run where a
+# step's rows cost far more than its O·D updates, and compiled for each kind
+# they cost 12-20 s of compilation apiece, once for every optimiser a user
+# (or the test suite) tries (bench/RESULTS.md, fifth session).  Every copy
+# gives the same bits (tests/test_small_fits.py), so this changes no result.
+# The serial and small-problem kernels, where the update is a visible part of
+# a step, keep the copies.
+GENERIC = cpu.ANY_RULE
+
+
 def _update_kind(hyper):
     """The kind of update the kernels compile for ``hyper`` (see cpu.update_kind)."""
     hit = _KINDS.get(id(hyper))
@@ -536,7 +547,7 @@ def _gemm_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws, rows=None, st
         state.slots_b,
         state.counters,
         hyper,
-        _update_kind(hyper),
+        GENERIC,
         reduce_sum,
         _LIMITS[W.dtype],
     )
@@ -633,7 +644,7 @@ def fused_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws):
     if uses_gemm(n_out, n_in):
         return _gemm_step(X, T, W, b, has_bias, state, hyper, reduce_sum, ws)
     chunk_rows, _, work, acc, kernel, entries = _scratch(ws, X.shape[0], W)
-    kind = _update_kind(hyper)
+    kind = GENERIC if kernel is cpu.fused_step_parallel else _update_kind(hyper)
     limit = _LIMITS[W.dtype]
     slots_w, slots_b, counters = state.slots_w, state.slots_b, state.counters
     entry = entries.get(id(kind))  # (see "Entry-point keys")
@@ -705,7 +716,7 @@ def fit_steps(X, T, W, b, has_bias, state, hyper, reduce_sum, plan, losses):
     """Run ``len(losses)`` steps, writing each loss.  Returns ``(steps done, status)``."""
     if plan.gemm:
         return _gemm_fit_steps(X, T, W, b, has_bias, state, hyper, reduce_sum, plan, losses)
-    kind = _update_kind(hyper)
+    kind = GENERIC if plan.kernel is cpu.fit_steps_parallel else _update_kind(hyper)
     limit = _LIMITS[W.dtype]
     slots_w, slots_b, counters = state.slots_w, state.slots_b, state.counters
     entry = plan.entries.get(id(kind))  # (see "Entry-point keys")
