@@ -53,6 +53,16 @@ def test_first_call_compile(benchmark):
     benchmark.extra_info.update(result)
 
 
+def test_cold_first_fit_against_torch(benchmark):
+    """A fresh process's first float32 fit (empty kernel cache) against torch's
+    first training step, as whole processes in one run (issue 11 §5: target
+    no slower)."""
+    pytest.importorskip("torch")
+    benchmark.group = "startup"
+    result = benchmark.pedantic(ms.cold_first_fit, rounds=1)
+    benchmark.extra_info.update(result)
+
+
 @pytest.mark.parametrize(("case", "library"), MEMORY_PARAMS)
 def test_step_peak_memory(benchmark, case, library):
     """Peak memory of one warm step: fastlin builds no (N, O) temporary."""

@@ -176,6 +176,57 @@ def child_compile():
     )
 
 
+# The first fit a new user runs, and torch's first training step on the
+# same data, each as a whole fresh process (issue 11 §5).
+FIRST_FIT_SHAPE = (10_000, 64, 1)
+
+_FASTLIN_FIRST_FIT = """
+import numpy as np, fastlin
+n, d, o = {shape}
+rng = np.random.default_rng(0)
+X = rng.standard_normal((n, d), dtype=np.float32)
+T = rng.standard_normal((n, o), dtype=np.float32)
+fastlin.Linear(d, o, seed=0).fit(X, T, steps=100, lr=0.01)
+"""
+
+_TORCH_FIRST_STEP = """
+import numpy as np, torch
+n, d, o = {shape}
+rng = np.random.default_rng(0)
+X = torch.from_numpy(rng.standard_normal((n, d), dtype=np.float32))
+T = torch.from_numpy(rng.standard_normal((n, o), dtype=np.float32))
+layer = torch.nn.Linear(d, o)
+opt = torch.optim.SGD(layer.parameters(), lr=0.01)
+opt.zero_grad()
+torch.nn.functional.mse_loss(layer(X), T).backward()
+opt.step()
+"""
+
+
+def cold_first_fit(rounds=2):
+    """Wall time of a fresh process that imports fastlin and runs its first
+    float32 ``fit(steps=100)`` with an empty kernel cache, against one that
+    imports torch and runs its first training step (interleaved)."""
+    code = {
+        "fastlin": _FASTLIN_FIRST_FIT.format(shape=FIRST_FIT_SHAPE),
+        "torch": _TORCH_FIRST_STEP.format(shape=FIRST_FIT_SHAPE),
+    }
+    times = {"fastlin": [], "torch": []}
+    for _ in range(rounds):
+        for name in ("fastlin", "torch"):
+            with tempfile.TemporaryDirectory(prefix="fastlin-cache-") as cache:
+                times[name].append(_wall([sys.executable, "-c", code[name]], _env(NUMBA_CACHE_DIR=cache)))
+    fastlin_s, torch_s = min(times["fastlin"]), min(times["torch"])
+    return {
+        "shape": list(FIRST_FIT_SHAPE),
+        "fastlin_cold_first_fit_s": times["fastlin"],
+        "torch_cold_first_step_s": times["torch"],
+        "ratio_fastest": fastlin_s / torch_s,
+        "target_ratio": 1.0,
+        "loadavg": list(os.getloadavg()),
+    }
+
+
 # --------------------------------------------------------------------------
 # drivers
 # --------------------------------------------------------------------------
