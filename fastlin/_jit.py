@@ -196,8 +196,19 @@ def kernel_pair(fn):
     with numba 0.68; two whole twins avoid that.)  The choice depends on the
     problem's shape only, never on the thread count, so results stay
     bit-identical however many threads run.
+
+    The parallel twin is compiled from a copy of ``fn`` named
+    ``<name>_parallel``: numba names a kernel's cache files after the
+    function's qualified name and line, and its cache key holds the argument
+    types and the machine but not ``parallel``, so two twins of one function
+    shared one cache entry, and whichever compiled first was loaded for both
+    (a parallel forward pass that ran on one thread, or a serial one that
+    woke the pool).  tests/test_jit_cache.py checks the two entries.
     """
-    return kernel(fn), kernel(fn, parallel=True)
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel", fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "_parallel"
+    twin.__doc__, twin.__module__ = fn.__doc__, fn.__module__
+    return kernel(fn), kernel(twin, parallel=True)
 
 
 # --------------------------------------------------------------------------

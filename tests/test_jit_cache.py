@@ -125,3 +125,52 @@ def test_the_cache_directory_is_numbas_own_choice(tmp_path, monkeypatch):
     monkeypatch.setattr(numba.config, "CACHE_DIR", "")
     if os.access(Path(fastlin.__file__).parent / "backends", os.W_OK):
         assert _jit.kernel_cache_dir() == Path(fastlin.__file__).resolve().parent / "backends" / "__pycache__"
+
+
+# Runs in a fresh process: the serial twin of a kernel_pair first, then the
+# parallel one, saying after each whether numba's thread pool has started
+# (numba.threading_layer() raises until a parallel kernel has run).
+_TWINS = textwrap.dedent(
+    """
+    import json
+    import numba
+    import numpy as np
+    from fastlin.backends import cpu
+
+    def pool_started():
+        try:
+            numba.threading_layer()
+        except ValueError:
+            return False
+        return True
+
+    X, W, b = np.ones((40, 3)), np.ones((2, 3)), np.zeros(2)
+    Y = np.empty((40, 2))
+    cpu.forward(X, W, b, Y)
+    after_serial = pool_started()
+    cpu.forward_parallel(X, W, b, Y)
+    print(json.dumps({
+        "after_serial": after_serial,
+        "after_parallel": pool_started(),
+        "hits": [sum(d.stats.cache_hits.values()) for d in (cpu.forward, cpu.forward_parallel)],
+    }))
+    """
+)
+
+
+def test_the_twins_of_a_kernel_pair_have_their_own_cache_entries(tmp_path):
+    # numba's cache key has no `parallel` flag: twins compiled from one
+    # function under one name shared an entry, and the first compiled was
+    # served for both (a parallel forward pass that ran serially)
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NUMBA_DISABLE_JIT")}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba-cache")
+    runs = []
+    for _ in range(2):  # compiled (and cached), then loaded from the cache
+        out = subprocess.run([sys.executable, "-c", _TWINS], env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert runs[0]["hits"] == [0, 0] and runs[1]["hits"] == [1, 1]
+    for run in runs:
+        assert run["after_serial"] is False and run["after_parallel"] is True
+    names = {p.name.split("-")[0] for p in (tmp_path / "numba-cache").rglob("cpu._forward*.nbi")}
+    assert names == {"cpu._forward", "cpu._forward_parallel"}
