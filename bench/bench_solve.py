@@ -68,7 +68,7 @@ def test_time_to_solution(benchmark, n, d, estimator):
     X, y = _data(n, d)
     make = ESTIMATORS[estimator]
     if estimator == "fastlin":
-        make().fit(X[:1000], y[:1000])  # compile the kernels out of the timing
+        _compile(lambda rows: make().fit(X[:rows], y[:rows]))
     benchmark.group = f"solve:{n}x{d}"
     benchmark.name = f"fit[{n}x{d}-{estimator}]"
     rounds = 1 if estimator == "sgd_regressor" and n >= 1_000_000 else ROUNDS  # seconds per fit
@@ -86,6 +86,18 @@ def test_time_to_solution(benchmark, n, d, estimator):
     if ridge is not None and estimator != "ridge_cholesky":
         # the goal's measure: this fit's median time over Ridge's, same run
         info["time_ratio_vs_ridge"] = median / ridge
+
+
+def _compile(fit):
+    """Compile the kernels out of the timing: many chunks (the parallel twin
+    of ``_jit.kernel_pair``), then one (the serial twin).
+
+    The order once mattered: before the twins had cache entries of their own
+    (fifth session, 2026-12-01), whichever compiled first was served for both,
+    and a first call with one chunk left ``gram32_parallel`` serial (cpu time
+    = wall time at two threads)."""
+    fit(20_000)  # several chunks: the parallel twin
+    fit(1000)  # one chunk: the serial twin
 
 
 def _settle():
@@ -124,7 +136,7 @@ def test_gram_roofline(benchmark, n, d):
     X, y = _data(n, d)
     T = y.reshape(-1, 1)
     model = fastlin.Linear(d, 1)
-    model.solve(X[:1000], T[:1000])  # compile
+    _compile(lambda rows: model.solve(X[:rows], T[:rows]))
     benchmark.group = "solve:roofline"
     benchmark.name = f"Linear.solve[{n}x{d}]"
     benchmark.pedantic(lambda: model.solve(X, T), setup=_settle, rounds=ROUNDS, iterations=1, warmup_rounds=1)

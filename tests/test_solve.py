@@ -92,6 +92,7 @@ def gram_chunking(request, monkeypatch):
         monkeypatch.setattr(cpu_ops, "MIN_CHUNK_WORK", 1)
         monkeypatch.setattr(cpu_gram, "BLOCK_ROWS", 4)
         monkeypatch.setattr(cpu_gram, "RUN_ROWS", 4)
+        monkeypatch.setattr(cpu_gram, "CHUNK_MIN_ROWS", 4)
     return request.param
 
 
@@ -217,6 +218,27 @@ def test_gram_sums_planning_depends_on_shape_only():
     rows, chunks = cpu_ops.plan_gram_chunks(1_000_000, 200, 1, np.float32)
     assert chunks <= cpu_ops.MAX_CHUNKS and rows % cpu_gram.RUN_ROWS == 0 and rows * chunks >= 1_000_000
     assert cpu_ops.plan_gram_chunks(5, 3, 1, np.float32) == (5, 1)
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 2047, 2048, 4095, 4096, 8191, 8192, 9000, 100_000, 262_143, 1_000_000])
+@pytest.mark.parametrize("d", [1, 50, 200, 2000])
+def test_float32_gram_chunks_power_of_two_with_enough_rows(n, d):
+    rows, chunks = cpu_ops.plan_gram_chunks(n, d, 1, np.float32)
+    least = cpu_gram.CHUNK_MIN_ROWS
+    # every row in exactly one chunk, each chunk whole runs (the last may be short)
+    assert (chunks - 1) * rows < n <= chunks * rows
+    assert rows % cpu_gram.RUN_ROWS == 0 or (chunks == 1 and rows == n)
+    # the count is a power of two, at most MAX_CHUNKS, within the scratch budget
+    assert chunks & (chunks - 1) == 0 and chunks <= cpu_ops.MAX_CHUNKS
+    rows_pad, cols_pad = cpu_gram.padded_shape32(d, 1)
+    assert chunks == 1 or chunks * 8 * rows_pad * cols_pad <= cpu_ops.SCRATCH_BYTES
+    # chunks of at least CHUNK_MIN_ROWS rows (two of at least half from half that many rows on)
+    if chunks > 2:
+        assert n // chunks >= least
+    if n < least // 2:
+        assert chunks == 1
+    elif n < 2 * least and d <= 200:
+        assert chunks == 2
 
 
 # --------------------------------------------------------------------------

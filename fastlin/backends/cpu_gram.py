@@ -294,6 +294,12 @@ gram, gram_parallel = kernel_pair(_gram)
 # average out) its sums were less accurate: 4.2e-7 against 2.9e-7 of the
 # largest Σx'² (2,000 rows, offset 1e4, spread 1).
 RUN_ROWS = 64
+# The fewest rows of a float32-path chunk (cpu_ops.plan_gram_chunks): each
+# chunk costs O(P²) once (its reference shift, zeroing, its partial's share
+# of the reduction).  At 100,000 × 200, 16 chunks of 6,272 rows took 0.86-0.92
+# of the time of 63 chunks of 1,600 (median of per-round ratios, 1 and 2
+# threads; 8 chunks 0.90-0.93, 32 chunks 0.99-1.04; 2026-12-01).
+CHUNK_MIN_ROWS = 4096
 # A tile of S is TILE_ROWS rows by TILE_COLS columns: two 8-lane vectors per
 # row, twelve accumulators in all.
 TILE_ROWS = 6
@@ -534,6 +540,10 @@ def _chunk_sums32(X, T, w, use_w, x_ref, t_ref, lo, hi, Z, Zw, plan, partial):
     before each tile, for the read of X to overlap the arithmetic.  Neither
     showed a gain beyond the spread on the 2-core Zen 3 VM under load
     (2026-12-01: one thread, 1M × 50 and 100k × 200, within ±5%; bench/RESULTS.md).
+    Measured again later that day at 1 and 2 threads, 1M × 50: no prefetch,
+    or prefetching the run after next, took the same time as this (within
+    the ±10% spread); all of the next run at the start of a run was 1.7×
+    slower at one thread.
     """
     n_in = X.shape[1]
     n_out = T.shape[1]

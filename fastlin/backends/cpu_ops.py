@@ -758,9 +758,17 @@ def plan_gram_chunks(n_rows, n_in, n_out, dtype=np.float64):
     the data's dtype) alone.
 
     A chunk is a whole number of row blocks (``cpu_gram.BLOCK_ROWS`` for
-    float64 data, ``cpu_gram.RUN_ROWS`` for float32), but at least ~32k
-    multiply-adds; at most ``MAX_CHUNKS`` chunks; and the per-chunk partial
-    sums and scratch within ``SCRATCH_BYTES``.
+    float64 data, ``cpu_gram.RUN_ROWS`` for float32); at most ``MAX_CHUNKS``
+    chunks; and the per-chunk partial sums and scratch within
+    ``SCRATCH_BYTES``.  For float64 data a chunk has at least ~32k
+    multiply-adds.  For float32 data it has at least
+    ``cpu_gram.CHUNK_MIN_ROWS`` rows (two chunks from half that many rows
+    on), and the number of chunks is a power of two, rows shared evenly
+    (the last chunk may be shorter): each chunk costs O(P²) once (its
+    reference shift, the zeroing and the reduction of its partial), which
+    at 100,000 × 200 in 63 chunks of 1,600 rows was about a tenth of the
+    pass (bench/RESULTS.md, issue 15); and a power of two splits evenly
+    over 1, 2, 4, ... threads.
     """
     from . import cpu_gram
 
@@ -768,7 +776,13 @@ def plan_gram_chunks(n_rows, n_in, n_out, dtype=np.float64):
         rows_pad, cols_pad = cpu_gram.padded_shape32(n_in, n_out)
         block = cpu_gram.RUN_ROWS
         per_chunk = 8 * rows_pad * cols_pad + 2 * 4 * block * cols_pad
-        per_row = max(1, rows_pad * cols_pad // 2)
+        least = cpu_gram.CHUNK_MIN_ROWS
+        want = n_rows // least if n_rows >= 2 * least else (2 if 2 * n_rows >= least else 1)
+        want = max(1, min(want, MAX_CHUNKS, SCRATCH_BYTES // per_chunk))
+        n_chunks = 1 << (int(want).bit_length() - 1)
+        rows = _cdiv(_cdiv(n_rows, n_chunks), block) * block
+        rows = max(1, min(rows, n_rows))
+        return rows, _cdiv(n_rows, rows)
     else:
         p_pad = cpu_gram.padded_width(n_in, n_out)
         block = cpu_gram.BLOCK_ROWS
