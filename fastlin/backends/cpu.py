@@ -1102,9 +1102,25 @@ def _plain_sgd_pass(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp
     return True
 
 
+_plain_sgd_inline = kernel(inline=True)(_plain_sgd_pass)
+_rule_compiled = kernel(_rule_pass)  # its own function: inlined here it compiled in 4 s more
+
+
+def _any_rule_pass(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit):
+    """ANY_RULE's pass: plain SGD's written-out loops when the record is
+    plain SGD, else the rule's.  The parallel kernels send every optimiser
+    here (cpu_ops.GENERIC), and the rule's loop, which tests the rule's
+    fields for every element, made a plain-SGD step of 1,000 x 64 -> 16
+    13-17% slower than its own copy (bench/RESULTS.md, fifth session)."""
+    if hp["rule"] == RULE_SGD and hp["momentum"] == 0.0 and hp["weight_decay"] == 0.0:
+        return _plain_sgd_inline(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit)
+    return _rule_compiled(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit)
+
+
 def _update_pass(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit):
     """Check, then write, the update of an update of ``kind`` (compiled code
-    only): :func:`_plain_sgd_pass` for PLAIN_SGD, else :func:`_rule_pass`."""
+    only): :func:`_plain_sgd_pass` for PLAIN_SGD, :func:`_rule_pass` for SGD,
+    :func:`_any_rule_pass` for ANY_RULE."""
     raise NotImplementedError("compiled code only")
 
 
@@ -1119,7 +1135,9 @@ def _inline_plain_only(expr, caller_info, callee_info):
 
 @overload(_update_pass, inline=_inline_plain_only)
 def _update_pass_overload(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr, step, has_buf, limit):
-    return _plain_sgd_pass if _is_plain(kind) else _rule_pass
+    if _is_plain(kind):
+        return _plain_sgd_pass
+    return _rule_pass if _is_sgd(kind) else _any_rule_pass
 
 
 @kernel(inline=True)
