@@ -1031,7 +1031,8 @@ def _rule_pass(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, lr,
     inlines the rule's IR into every call site, and with four (check and
     write, W and b) the update compiled in 12.5 s a kind, against 6.4 s with
     this one (bench/RESULTS.md, fifth session).  The price is a branch per
-    element, about 50 ns a step of the seed's 1 x 5 -> 2 momentum fit.
+    element: the seed's 1 x 5 -> 2 momentum fit(5000) took 947-1,720 us
+    against 878-1,572 before, within the scatter of those runs.
     """
     n_out, n_in = W.shape
     n_cols = n_in + 1 if has_bias else n_in  # column n_in is the bias
@@ -1080,9 +1081,10 @@ def _plain_sgd_pass(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp
     """:func:`_rule_pass` for PLAIN_SGD: ``p - lr * g`` with ``g = scale *
     gradient``, the expression rules.update_element's SGD branch reduces to
     without momentum and weight decay (tests/test_small_fits.py checks that
-    the two give the same bits).  Written out because compiling the whole rule
-    for it cost the seed's first fit 9 s of its 17 (bench/RESULTS.md, fifth
-    session); LLVM folded the rest away in any case.  No slots."""
+    the two give the same bits).  Written out because the whole rule, which
+    LLVM folded down to this anyway, was most of the seed's first compile:
+    17.3 s before, 4.9 s with these loops (bench/RESULTS.md, fifth session).
+    No slots."""
     n_out, n_in = W.shape
     finite = True
     for o in range(n_out):
@@ -1126,8 +1128,8 @@ def _update_pass(kind, gW, gb, scale, W, b, has_bias, slots_w, slots_b, k, hp, l
 
 def _inline_plain_only(expr, caller_info, callee_info):
     """numba's inlining choice for :func:`_update_pass`: the few lines of the
-    plain pass go inline into the caller (a call costs the seed's fit 30-60 ns
-    of its ~100 a step); the rule's pass stays one compiled function per kind
+    plain pass go inline into the caller (called, they cost the seed's fit
+    60-80 ns of its ~100 a step); the rule's pass stays one compiled function per kind
     that every kernel calls (compiling its copies inline is what made the
     update slow to compile)."""
     return _is_plain(callee_info.signature.args[0])
@@ -1262,9 +1264,10 @@ def fused_step_parallel(
 # The counter-based permutation of :mod:`.permute`, compiled for the CPU
 # (the GPU compiles the same functions, so both draw the same order).
 # Only the per-row function is inlined.  The round keys are computed in a
-# loop by one compiled round_key: inlined eight times (with literal round
-# numbers) they took 1.5 of the 2.2 s this kernel compiled in, a cost every
-# fit paid, shuffled or not (bench/RESULTS.md, fifth session).
+# loop by one compiled round_key: with round_key inlined eight times (with
+# literal round numbers) this kernel, which every fit compiles, shuffled or
+# not, took 2.2 s to compile, against 1.2 s now (bench/RESULTS.md, fifth
+# session).
 _half_bits = kernel(_permute.half_bits)
 _round_key = kernel(_permute.round_key)
 _permuted_index = kernel(inline=True)(_permute.permuted_index)
